@@ -1,0 +1,50 @@
+/*
+ * store-int.h - what a store backend implements. store.c validates input
+ * and dispatches through this table; backends trust that rows passed to
+ * create/update were validated against the model (and still enforce the
+ * schema's constraints themselves).
+ */
+#ifndef TG_STORE_INT_H
+#define TG_STORE_INT_H
+
+#include "core/store.h"
+
+typedef struct tg_store_vtab {
+  const char *name;
+  void (*close)(tg_store_t *s);
+  int (*schema_version)(tg_store_t *s, int *version);
+  int (*begin)(tg_store_t *s, tg_problem_t *p);
+  int (*commit)(tg_store_t *s, tg_problem_t *p);
+  void (*rollback)(tg_store_t *s);
+  int (*create)(tg_store_t *s, const tg_entity_desc_t *d, const json_t *fields, json_t **row,
+                tg_problem_t *p);
+  int (*get_by)(tg_store_t *s, const tg_entity_desc_t *d, const tg_field_t *f, const char *value,
+                json_t **row, tg_problem_t *p);
+  int (*get_secret)(tg_store_t *s, const tg_entity_desc_t *d, const char *id, const tg_field_t *f,
+                    char **out, tg_problem_t *p);
+  int (*update)(tg_store_t *s, const tg_entity_desc_t *d, const char *id, const json_t *changes,
+                int64_t if_version, json_t **row, tg_problem_t *p);
+  int (*del)(tg_store_t *s, const tg_entity_desc_t *d, const char *id, int64_t if_version,
+             tg_problem_t *p);
+  int (*list)(tg_store_t *s, const tg_entity_desc_t *d, const tg_list_query_t *q, json_t **rows,
+              char *next, tg_problem_t *p);
+  int (*count)(tg_store_t *s, const tg_entity_desc_t *d, const tg_filter_t *filters, int nfilters,
+               int64_t *count, tg_problem_t *p);
+  int (*meta_get)(tg_store_t *s, const char *key, char **value, tg_problem_t *p);
+  int (*meta_set)(tg_store_t *s, const char *key, const char *value, tg_problem_t *p);
+  int (*changes)(tg_store_t *s, int64_t after_seq, int limit, tg_change_cb cb, void *ctx,
+                 int64_t *last_seq, tg_problem_t *p);
+  int (*data_version)(tg_store_t *s, int64_t *version);
+  int (*backup)(tg_store_t *s, const char *path, tg_problem_t *p);
+} tg_store_vtab_t;
+
+/* Every backend's store struct starts with this. */
+struct tg_store {
+  const tg_store_vtab_t *vt;
+};
+
+/* Backends. */
+int tg_store_sqlite_open(const tg_store_options_t *opt, tg_store_t **out, int *from, int *to,
+                         tg_problem_t *p);
+
+#endif

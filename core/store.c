@@ -1,0 +1,197 @@
+/*
+ * store.c - the backend-neutral half of the store interface: argument and
+ * model validation, then dispatch to the backend's vtable (store-int.h).
+ *
+ * Invariant: no backend function is called with an unvalidated write, a
+ * malformed id, a non-filterable filter field or an out-of-range limit.
+ */
+#include "core/store.h"
+
+#include <string.h>
+
+#include "core/migrate.h"
+#include "core/store-int.h"
+
+int tg_store_open(const tg_store_options_t *opt, tg_store_t **out, int *from, int *to,
+                  tg_problem_t *p) {
+  *out = NULL;
+  if (!opt || !opt->path || !*opt->path)
+    return tg_problem_set(p, TG_EINVAL, "db_path", "no database path given");
+  /* One backend today; a "postgres://" path will select the second. */
+  return tg_store_sqlite_open(opt, out, from, to, p);
+}
+
+void tg_store_close(tg_store_t *s) {
+  if (s)
+    s->vt->close(s);
+}
+
+int tg_store_schema_version(tg_store_t *s, int *version) {
+  return s->vt->schema_version(s, version);
+}
+
+int tg_store_schema_latest(void) {
+  return tg_schema_migrations[tg_schema_migration_count - 1].version;
+}
+
+int tg_store_begin(tg_store_t *s, tg_problem_t *p) {
+  return s->vt->begin(s, p);
+}
+
+int tg_store_commit(tg_store_t *s, tg_problem_t *p) {
+  return s->vt->commit(s, p);
+}
+
+void tg_store_rollback(tg_store_t *s) {
+  s->vt->rollback(s);
+}
+
+/* Every id argument is checked for shape: a malformed id cannot name a
+ * row, so it is "not found" rather than a backend query. */
+static int check_id(const tg_entity_desc_t *d, const char *id, tg_problem_t *p) {
+  if (!tg_model_id_valid(id, d->id_prefix))
+    return tg_problem_set(p, TG_ENOTFOUND, "/id", "no %s with id \"%.40s\"", d->name, id ? id : "");
+  return TG_OK;
+}
+
+int tg_store_create(tg_store_t *s, tg_entity_t ent, const json_t *fields, bool allow_secret,
+                    json_t **row, tg_problem_t *p) {
+  if (row)
+    *row = NULL;
+  int rc = tg_model_validate(ent, fields, TG_VALIDATE_CREATE, allow_secret, p);
+  if (rc)
+    return rc;
+  return s->vt->create(s, tg_model_entity(ent), fields, row, p);
+}
+
+int tg_store_get(tg_store_t *s, tg_entity_t ent, const char *id, json_t **row, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  *row = NULL;
+  int rc = check_id(d, id, p);
+  if (rc)
+    return rc;
+  return s->vt->get_by(s, d, &d->fields[0], id, row, p);
+}
+
+int tg_store_get_by(tg_store_t *s, tg_entity_t ent, const char *field, const char *value,
+                    json_t **row, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  const tg_field_t *f = tg_model_field(d, field);
+  *row = NULL;
+  if (!f || !(f->flags & TG_F_UNIQUE))
+    return tg_problem_set(p, TG_EINVAL, field, "cannot look up a %s by %s", d->name, field);
+  if (!value)
+    return tg_problem_set(p, TG_ENOTFOUND, field, "no %s with that %s", d->name, field);
+  if (f->type == TG_FT_ID)
+    return tg_store_get(s, ent, value, row, p);
+  if (f->type == TG_FT_DIGEST && strlen(value) != 64)
+    return tg_problem_set(p, TG_EINVAL, field, "a digest is 64 hex characters");
+  return s->vt->get_by(s, d, f, value, row, p);
+}
+
+int tg_store_get_secret(tg_store_t *s, tg_entity_t ent, const char *id, const char *field,
+                        char **out, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  const tg_field_t *f = tg_model_field(d, field);
+  *out = NULL;
+  if (!f || !(f->flags & TG_F_SECRET) || f->type != TG_FT_TEXT)
+    return tg_problem_set(p, TG_EINVAL, field, "%s is not a secret text field of a %s", field,
+                          d->name);
+  int rc = check_id(d, id, p);
+  if (rc)
+    return rc;
+  return s->vt->get_secret(s, d, id, f, out, p);
+}
+
+int tg_store_update(tg_store_t *s, tg_entity_t ent, const char *id, const json_t *changes,
+                    bool allow_secret, int64_t if_version, json_t **row, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  if (row)
+    *row = NULL;
+  int rc = check_id(d, id, p);
+  if (rc)
+    return rc;
+  rc = tg_model_validate(ent, changes, TG_VALIDATE_UPDATE, allow_secret, p);
+  if (rc)
+    return rc;
+  return s->vt->update(s, d, id, changes, if_version, row, p);
+}
+
+int tg_store_delete(tg_store_t *s, tg_entity_t ent, const char *id, int64_t if_version,
+                    tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  int rc = check_id(d, id, p);
+  if (rc)
+    return rc;
+  return s->vt->del(s, d, id, if_version, p);
+}
+
+static int check_filters(const tg_entity_desc_t *d, const tg_filter_t *filters, int n,
+                         tg_problem_t *p) {
+  if (n < 0 || n > TG_FILTER_MAX)
+    return tg_problem_set(p, TG_EINVAL, "", "at most %d filters", TG_FILTER_MAX);
+  for (int i = 0; i < n; i++) {
+    const tg_field_t *f = tg_model_field(d, filters[i].field);
+    if (!f || !(f->flags & TG_F_FILTER))
+      return tg_problem_set(p, TG_EINVAL, filters[i].field, "%ss cannot be filtered by \"%.64s\"",
+                            d->name, filters[i].field);
+    if (!filters[i].value)
+      return tg_problem_set(p, TG_EINVAL, filters[i].field, "filter without a value");
+  }
+  return TG_OK;
+}
+
+int tg_store_list(tg_store_t *s, tg_entity_t ent, const tg_list_query_t *q, json_t **rows,
+                  char *next, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  *rows = NULL;
+  next[0] = '\0';
+  if (q->limit < 1 || q->limit > TG_LIST_MAX)
+    return tg_problem_set(p, TG_EINVAL, "limit", "must be between 1 and %d", TG_LIST_MAX);
+  if (q->after && !tg_model_id_valid(q->after, d->id_prefix))
+    return tg_problem_set(p, TG_EINVAL, "cursor", "is not a cursor of this list");
+  int rc = check_filters(d, q->filters, q->nfilters, p);
+  if (rc)
+    return rc;
+  return s->vt->list(s, d, q, rows, next, p);
+}
+
+int tg_store_count(tg_store_t *s, tg_entity_t ent, const tg_filter_t *filters, int nfilters,
+                   int64_t *count, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  *count = 0;
+  int rc = check_filters(d, filters, nfilters, p);
+  if (rc)
+    return rc;
+  return s->vt->count(s, d, filters, nfilters, count, p);
+}
+
+int tg_store_meta_get(tg_store_t *s, const char *key, char **value, tg_problem_t *p) {
+  *value = NULL;
+  return s->vt->meta_get(s, key, value, p);
+}
+
+int tg_store_meta_set(tg_store_t *s, const char *key, const char *value, tg_problem_t *p) {
+  return s->vt->meta_set(s, key, value, p);
+}
+
+int tg_store_changes(tg_store_t *s, int64_t after_seq, int limit, tg_change_cb cb, void *ctx,
+                     int64_t *last_seq, tg_problem_t *p) {
+  if (limit < 1)
+    return tg_problem_set(p, TG_EINVAL, "limit", "must be positive");
+  return s->vt->changes(s, after_seq, limit, cb, ctx, last_seq, p);
+}
+
+int tg_store_data_version(tg_store_t *s, int64_t *version) {
+  return s->vt->data_version(s, version);
+}
+
+int tg_store_backup(tg_store_t *s, const char *path, tg_problem_t *p) {
+  if (!path || !*path)
+    return tg_problem_set(p, TG_EINVAL, "file", "no backup file given");
+  return s->vt->backup(s, path, p);
+}
+
+const char *tg_store_backend(tg_store_t *s) {
+  return s->vt->name;
+}

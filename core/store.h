@@ -1,0 +1,170 @@
+/*
+ * store.h - the one narrow interface to Tollgate's data.
+ *
+ * Everything above this line (gateway, admin API, portal, CLI, core
+ * services) reaches the data only through these functions; no SQL exists
+ * outside the store implementations. SQLite (store_sqlite.c) is the
+ * embedded default; a PostgreSQL implementation for multi-node gateways
+ * plugs in behind the same vtable (store-int.h) without touching callers.
+ *
+ * Rows are jansson objects described by model.h; fields flagged
+ * TG_F_SECRET (digests, password hashes) never appear in returned rows.
+ * Writes are validated with tg_model_validate before they reach the
+ * backend, and the backend's own constraints back that up.
+ *
+ * Threading: a tg_store_t is one connection and is used by one thread at
+ * a time; open one per thread. Every call outside tg_store_begin/commit
+ * is its own transaction. Errors: TG_EINVAL (validation, detail in p),
+ * TG_ENOTFOUND, TG_ECONFLICT (unique or reference conflict, naming the
+ * field), TG_EPRECOND (version mismatch), TG_EBUSY (lock timeout),
+ * TG_ESTORE, TG_ESCHEMA, TG_ENOMEM.
+ */
+#ifndef TG_STORE_H
+#define TG_STORE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/model.h"
+
+typedef struct tg_store tg_store_t;
+
+typedef enum tg_store_open_mode {
+  TG_STORE_OPEN_MIGRATE,  /* create the file if needed, apply pending migrations */
+  TG_STORE_OPEN_CURRENT,  /* refuse unless the schema is exactly the latest */
+  TG_STORE_OPEN_READONLY, /* like CURRENT, read-only connection */
+} tg_store_open_mode_t;
+
+typedef struct tg_store_options {
+  const char *path;    /* database file (SQLite) */
+  int busy_timeout_ms; /* wait this long for locks before TG_EBUSY */
+  tg_store_open_mode_t mode;
+} tg_store_options_t;
+
+/*
+ * Open a store. On TG_STORE_OPEN_MIGRATE, *from and *to (may be NULL) receive
+ * the schema versions before and after. A database whose schema is newer
+ * than this binary knows is refused with TG_ESCHEMA; an older one is
+ * refused with TG_ESCHEMA unless mode is MIGRATE. *out is NULL on error.
+ */
+int tg_store_open(const tg_store_options_t *opt, tg_store_t **out, int *from, int *to,
+                  tg_problem_t *p);
+void tg_store_close(tg_store_t *s); /* NULL is a no-op */
+
+/* Schema version the database is at, and the newest this binary knows. */
+int tg_store_schema_version(tg_store_t *s, int *version);
+int tg_store_schema_latest(void);
+
+/* Explicit transaction (write lock taken at begin). Nesting is an error. */
+int tg_store_begin(tg_store_t *s, tg_problem_t *p);
+int tg_store_commit(tg_store_t *s, tg_problem_t *p);
+void tg_store_rollback(tg_store_t *s);
+
+/*
+ * Create a row from `fields` (borrowed; validated here). The store sets
+ * id, version = 1, created_at = updated_at = now, and defaults for absent
+ * fields. `allow_secret` lets core services write TG_F_SECRET fields
+ * (digest as 64 hex chars, password_hash). *row (may be NULL) gets a new
+ * reference to the stored row.
+ */
+int tg_store_create(tg_store_t *s, tg_entity_t ent, const json_t *fields, bool allow_secret,
+                    json_t **row, tg_problem_t *p);
+
+/* Read one row by id. *row: new reference, NULL on error. */
+int tg_store_get(tg_store_t *s, tg_entity_t ent, const char *id, json_t **row, tg_problem_t *p);
+
+/* Read one row by a TG_F_UNIQUE text field (slug, email, name) or by a
+ * TG_F_DIGEST field given as 64 hex chars. Rows with status 'deleted' are
+ * found too; callers decide. */
+int tg_store_get_by(tg_store_t *s, tg_entity_t ent, const char *field, const char *value,
+                    json_t **row, tg_problem_t *p);
+
+/* Read a TG_F_SECRET text field (e.g. password_hash) of one row; *out is
+ * malloc'd (caller frees) or NULL when the column is NULL. */
+int tg_store_get_secret(tg_store_t *s, tg_entity_t ent, const char *id, const char *field,
+                        char **out, tg_problem_t *p);
+
+/*
+ * Update the fields in `changes` (borrowed; validated here; JSON null sets
+ * a nullable field to NULL). if_version > 0 makes the update conditional on
+ * the row's current version (TG_EPRECOND otherwise). version += 1 and
+ * updated_at = now. *row (may be NULL): new reference to the updated row.
+ * An empty `changes` object still bumps nothing and returns the row.
+ */
+int tg_store_update(tg_store_t *s, tg_entity_t ent, const char *id, const json_t *changes,
+                    bool allow_secret, int64_t if_version, json_t **row, tg_problem_t *p);
+
+/* Delete one row (if_version > 0: conditional). Rows still referred to
+ * give TG_ECONFLICT. */
+int tg_store_delete(tg_store_t *s, tg_entity_t ent, const char *id, int64_t if_version,
+                    tg_problem_t *p);
+
+#define TG_LIST_DEFAULT 100
+#define TG_LIST_MAX     1000
+#define TG_FILTER_MAX   8
+
+typedef struct tg_filter {
+  const char *field; /* a TG_F_FILTER field */
+  const char *value; /* text form: "true"/"false" for booleans, decimal for ints */
+} tg_filter_t;
+
+typedef struct tg_list_query {
+  const tg_filter_t *filters; /* ANDed equality filters */
+  int nfilters;               /* 0..TG_FILTER_MAX */
+  const char *after;          /* keyset cursor: the last id of the previous page, or NULL */
+  int limit;                  /* 1..TG_LIST_MAX */
+} tg_list_query_t;
+
+/*
+ * One page of rows in id (= creation) order, strictly after q->after.
+ * *rows: new JSON array. next (TG_ID_LEN+1 bytes) receives the id to pass
+ * as `after` for the next page, or "" when this is the last page. Cost is
+ * O(page) given an index on the filter (every TG_F_FILTER reference field
+ * has one).
+ */
+int tg_store_list(tg_store_t *s, tg_entity_t ent, const tg_list_query_t *q, json_t **rows,
+                  char *next, tg_problem_t *p);
+
+/* Number of rows matching the filters. */
+int tg_store_count(tg_store_t *s, tg_entity_t ent, const tg_filter_t *filters, int nfilters,
+                   int64_t *count, tg_problem_t *p);
+
+/* Store-wide settings (e.g. the server secret's fingerprint). get: *value
+ * malloc'd, or TG_ENOTFOUND. */
+int tg_store_meta_get(tg_store_t *s, const char *key, char **value, tg_problem_t *p);
+int tg_store_meta_set(tg_store_t *s, const char *key, const char *value, tg_problem_t *p);
+
+/* One change-log entry: what the gateway must re-read. */
+typedef struct tg_change {
+  int64_t seq;
+  int64_t at;
+  const char *entity; /* "api", "key", ... */
+  const char *entity_id;
+  const char *op; /* "insert", "update", "delete" */
+} tg_change_t;
+
+typedef int (*tg_change_cb)(const tg_change_t *c, void *ctx);
+
+/*
+ * Call cb for up to `limit` changes with seq > after_seq, in order. A
+ * non-zero return from cb stops and is returned. *last_seq (may be NULL)
+ * gets the seq of the last change delivered (after_seq if none).
+ */
+int tg_store_changes(tg_store_t *s, int64_t after_seq, int limit, tg_change_cb cb, void *ctx,
+                     int64_t *last_seq, tg_problem_t *p);
+
+/* A cheap counter that changes whenever another connection committed
+ * (SQLite: PRAGMA data_version). */
+int tg_store_data_version(tg_store_t *s, int64_t *version);
+
+/* Consistent online copy of the whole store to `path` (which must not
+ * exist), safe while other processes write. */
+int tg_store_backup(tg_store_t *s, const char *path, tg_problem_t *p);
+
+/* Test and debug support: the backend's name ("sqlite") and, for SQLite,
+ * the database file path. */
+const char *tg_store_backend(tg_store_t *s);
+
+#endif

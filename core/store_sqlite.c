@@ -1,0 +1,889 @@
+/*
+ * store_sqlite.c - the embedded SQLite store backend.
+ *
+ * One tg_store_t is one sqlite3 connection, used by one thread at a time.
+ * Connections run in WAL mode (readers never block the writer) with
+ * foreign keys on and a busy timeout. Write transactions take the lock at
+ * BEGIN (BEGIN IMMEDIATE) so that a request never fails half-way through
+ * for want of an upgrade from read to write lock.
+ *
+ * SQL text here is assembled only from compiled-in model descriptors
+ * (table and column names in model.c); every value from outside is bound
+ * as a parameter. Nothing from input ever becomes SQL text.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/keys.h"
+#include "core/migrate.h"
+#include "core/store-int.h"
+#include "core/util.h"
+
+typedef struct sql_store {
+  tg_store_t base;
+  sqlite3 *db;
+  int in_tx;
+} sql_store_t;
+
+/* ---- a bounded SQL text builder ------------------------------------------ */
+
+#define SQL_MAX 4096 /* the widest statement (a full-row insert) is < 2 KiB */
+
+typedef struct sqlbuf {
+  char s[SQL_MAX];
+  size_t len;
+  int overflow;
+} sqlbuf_t;
+
+static void sb_add(sqlbuf_t *b, const char *t) {
+  size_t n = strlen(t);
+  if (b->overflow || b->len + n >= SQL_MAX) {
+    b->overflow = 1;
+    return;
+  }
+  memcpy(b->s + b->len, t, n + 1);
+  b->len += n;
+}
+
+/* ", "-separated list of the columns a row shows (all but secrets). */
+static void sb_row_columns(sqlbuf_t *b, const tg_entity_desc_t *d) {
+  int first = 1;
+  for (int i = 0; i < d->nfields; i++) {
+    if (d->fields[i].flags & TG_F_SECRET)
+      continue;
+    if (!first)
+      sb_add(b, ", ");
+    sb_add(b, d->fields[i].name);
+    first = 0;
+  }
+}
+
+/* ---- errors -------------------------------------------------------------- */
+
+/* A foreign-key failure: immediate RESTRICT actions report
+ * SQLITE_CONSTRAINT_TRIGGER rather than _FOREIGNKEY, so look at both. */
+static int is_fk_error(sqlite3 *db) {
+  int ext = sqlite3_extended_errcode(db);
+  return ext == SQLITE_CONSTRAINT_FOREIGNKEY ||
+         ((ext & 0xff) == SQLITE_CONSTRAINT && strstr(sqlite3_errmsg(db), "FOREIGN KEY"));
+}
+
+/* Map the connection's last error to a tg_err_t with a useful detail. */
+static int sql_error(sql_store_t *st, const char *what, tg_problem_t *p) {
+  int ext = sqlite3_extended_errcode(st->db);
+  const char *msg = sqlite3_errmsg(st->db);
+  switch (ext & 0xff) {
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    return tg_problem_set(p, TG_EBUSY, "", "%s: the store is busy (locked by another writer)",
+                          what);
+  case SQLITE_NOMEM: return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  case SQLITE_CONSTRAINT: {
+    /* "UNIQUE constraint failed: plans.api_id, plans.slug": name the last
+     * column, which is the one a caller chose (slug within an API). */
+    const char *col = strrchr(msg, '.');
+    char ptr[TG_PROBLEM_FIELD_MAX] = "";
+    if (col && (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY ||
+                ext == SQLITE_CONSTRAINT_NOTNULL))
+      snprintf(ptr, sizeof(ptr), "/%s", col + 1);
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
+      return tg_problem_set(p, TG_ECONFLICT, ptr, "%s: another row already has this %s", what,
+                            col ? col + 1 : "value");
+    if (is_fk_error(st->db))
+      return tg_problem_set(p, TG_ECONFLICT, "", "%s: a reference does not hold", what);
+    if (ext == SQLITE_CONSTRAINT_NOTNULL)
+      return tg_problem_set(p, TG_EINVAL, ptr, "%s: is required", what);
+    return tg_problem_set(p, TG_EINVAL, "", "%s: rejected by the store: %s", what, msg);
+  }
+  default: return tg_problem_set(p, TG_ESTORE, "", "%s: %s", what, msg);
+  }
+}
+
+static int prepare(sql_store_t *st, const sqlbuf_t *b, sqlite3_stmt **stmt, tg_problem_t *p) {
+  if (b->overflow)
+    return tg_problem_set(p, TG_ESTORE, "", "statement too long");
+  if (sqlite3_prepare_v2(st->db, b->s, (int)b->len, stmt, NULL) != SQLITE_OK)
+    return sql_error(st, "prepare", p);
+  return TG_OK;
+}
+
+/* ---- values in and out --------------------------------------------------- */
+
+static int bind_value(sql_store_t *st, sqlite3_stmt *stmt, int idx, const tg_field_t *f,
+                      const json_t *v, tg_problem_t *p) {
+  int rc = SQLITE_OK;
+  if (json_is_null(v)) {
+    rc = sqlite3_bind_null(stmt, idx);
+  } else {
+    switch (f->type) {
+    case TG_FT_INT:
+    case TG_FT_TIME: rc = sqlite3_bind_int64(stmt, idx, json_integer_value(v)); break;
+    case TG_FT_BOOL: rc = sqlite3_bind_int(stmt, idx, json_is_true(v)); break;
+    case TG_FT_JSON: {
+      char *text = json_dumps(v, JSON_COMPACT);
+      if (!text)
+        return tg_problem_set(p, TG_ENOMEM, "", NULL);
+      rc = sqlite3_bind_text(stmt, idx, text, -1, free);
+      break;
+    }
+    case TG_FT_DIGEST: {
+      unsigned char bin[TG_DIGEST_BYTES];
+      if (tg_hex_decode(json_string_value(v), json_string_length(v), bin, sizeof(bin)))
+        return tg_problem_set(p, TG_EINVAL, f->name, "a digest is 64 hex characters");
+      rc = sqlite3_bind_blob(stmt, idx, bin, sizeof(bin), SQLITE_TRANSIENT);
+      break;
+    }
+    default:
+      rc = sqlite3_bind_text(stmt, idx, json_string_value(v), (int)json_string_length(v),
+                             SQLITE_TRANSIENT);
+    }
+  }
+  return rc == SQLITE_OK ? TG_OK : sql_error(st, "bind", p);
+}
+
+/* Bind a filter or lookup value given as text, converted per field type. */
+static int bind_text_as(sql_store_t *st, sqlite3_stmt *stmt, int idx, const tg_field_t *f,
+                        const char *value, tg_problem_t *p) {
+  int rc;
+  switch (f->type) {
+  case TG_FT_BOOL:
+    if (strcmp(value, "true") == 0 || strcmp(value, "1") == 0)
+      rc = sqlite3_bind_int(stmt, idx, 1);
+    else if (strcmp(value, "false") == 0 || strcmp(value, "0") == 0)
+      rc = sqlite3_bind_int(stmt, idx, 0);
+    else
+      return tg_problem_set(p, TG_EINVAL, f->name, "must be true or false");
+    break;
+  case TG_FT_INT:
+  case TG_FT_TIME: {
+    char *end;
+    errno = 0;
+    long long n = strtoll(value, &end, 10);
+    if (errno || end == value || *end)
+      return tg_problem_set(p, TG_EINVAL, f->name, "must be an integer");
+    rc = sqlite3_bind_int64(stmt, idx, n);
+    break;
+  }
+  case TG_FT_DIGEST: {
+    unsigned char bin[TG_DIGEST_BYTES];
+    if (tg_hex_decode(value, strlen(value), bin, sizeof(bin)))
+      return tg_problem_set(p, TG_EINVAL, f->name, "a digest is 64 hex characters");
+    rc = sqlite3_bind_blob(stmt, idx, bin, sizeof(bin), SQLITE_TRANSIENT);
+    break;
+  }
+  default: rc = sqlite3_bind_text(stmt, idx, value, -1, SQLITE_TRANSIENT);
+  }
+  return rc == SQLITE_OK ? TG_OK : sql_error(st, "bind", p);
+}
+
+/* The current result row as a JSON object (columns as in sb_row_columns). */
+static json_t *row_to_json(sqlite3_stmt *stmt, const tg_entity_desc_t *d) {
+  json_t *o = json_object();
+  int col = 0;
+  for (int i = 0; o && i < d->nfields; i++) {
+    const tg_field_t *f = &d->fields[i];
+    if (f->flags & TG_F_SECRET)
+      continue;
+    json_t *v;
+    if (sqlite3_column_type(stmt, col) == SQLITE_NULL) {
+      v = json_null();
+    } else {
+      switch (f->type) {
+      case TG_FT_INT:
+      case TG_FT_TIME: v = json_integer(sqlite3_column_int64(stmt, col)); break;
+      case TG_FT_BOOL: v = json_boolean(sqlite3_column_int(stmt, col)); break;
+      case TG_FT_JSON:
+        v = json_loadb((const char *)sqlite3_column_text(stmt, col),
+                       (size_t)sqlite3_column_bytes(stmt, col), JSON_DECODE_ANY, NULL);
+        break;
+      default:
+        v = json_stringn((const char *)sqlite3_column_text(stmt, col),
+                         (size_t)sqlite3_column_bytes(stmt, col));
+      }
+    }
+    if (!v || json_object_set_new(o, f->name, v)) {
+      json_decref(o);
+      return NULL;
+    }
+    col++;
+  }
+  return o;
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static const tg_store_vtab_t sqlite_vtab;
+
+static int exec(sql_store_t *st, const char *sql, tg_problem_t *p) {
+  if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+    return sql_error(st, sql, p);
+  return TG_OK;
+}
+
+/* Create the database file with mode 0600 before SQLite does (it would use
+ * 0644 and the umask): it holds developers' emails. WAL and SHM files
+ * inherit this mode. */
+static int create_private(const char *path, tg_problem_t *p) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    if (errno == EEXIST)
+      return TG_OK;
+    return tg_problem_set(p, TG_EIO, "db_path", "cannot create %s: %s", path, strerror(errno));
+  }
+  close(fd);
+  return TG_OK;
+}
+
+int tg_store_sqlite_open(const tg_store_options_t *opt, tg_store_t **out, int *from, int *to,
+                         tg_problem_t *p) {
+  int result = TG_ESTORE;
+  sql_store_t *st = NULL;
+  int flags = SQLITE_OPEN_NOMUTEX;
+  *out = NULL;
+  if (opt->mode == TG_STORE_OPEN_READONLY) {
+    flags |= SQLITE_OPEN_READONLY;
+  } else {
+    flags |= SQLITE_OPEN_READWRITE;
+    if (opt->mode == TG_STORE_OPEN_MIGRATE) {
+      result = create_private(opt->path, p);
+      if (result)
+        goto out;
+    }
+  }
+  st = calloc(1, sizeof(*st));
+  if (!st) {
+    result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    goto out;
+  }
+  st->base.vt = &sqlite_vtab;
+  if (sqlite3_open_v2(opt->path, &st->db, flags, NULL) != SQLITE_OK) {
+    result = tg_problem_set(p, TG_ESTORE, "db_path", "cannot open %s: %s", opt->path,
+                            st->db ? sqlite3_errmsg(st->db) : "out of memory");
+    goto out;
+  }
+  sqlite3_extended_result_codes(st->db, 1);
+  sqlite3_busy_timeout(st->db, opt->busy_timeout_ms);
+  /* Refuse to treat a non-database file as an empty one. */
+  result = exec(st, "SELECT count(*) FROM sqlite_schema", p);
+  if (result) {
+    tg_problem_clear(p);
+    result = tg_problem_set(p, TG_ESTORE, "db_path", "%s is not a Tollgate database: %s", opt->path,
+                            sqlite3_errmsg(st->db));
+    goto out;
+  }
+  if (opt->mode != TG_STORE_OPEN_READONLY) {
+    if ((result = exec(st, "PRAGMA journal_mode = WAL", p)) ||
+        (result = exec(st, "PRAGMA synchronous = NORMAL", p)))
+      goto out;
+  }
+  if ((result = exec(st, "PRAGMA foreign_keys = ON", p)))
+    goto out;
+  if (opt->mode == TG_STORE_OPEN_MIGRATE) {
+    result = tg_migrate_apply(st->db, tg_schema_migrations, tg_schema_migration_count, from, to, p);
+    if (result)
+      goto out;
+  } else {
+    int v = tg_migrate_version(st->db), latest = tg_store_schema_latest();
+    if (from)
+      *from = v;
+    if (to)
+      *to = v;
+    if (v != latest) {
+      result = tg_problem_set(p, TG_ESCHEMA, "db_path",
+                              v > latest ? "%s has schema version %d, newer than this binary "
+                                           "knows (%d): use a newer tollgate"
+                                         : "%s has schema version %d, this binary needs %d: "
+                                           "run `tollgate migrate`",
+                              opt->path, v, latest);
+      goto out;
+    }
+  }
+  result = TG_OK;
+out:
+  if (result && st) {
+    sqlite3_close_v2(st->db);
+    free(st);
+    st = NULL;
+  }
+  *out = (tg_store_t *)st;
+  return result;
+}
+
+static void s_close(tg_store_t *s) {
+  sql_store_t *st = (sql_store_t *)s;
+  if (st->in_tx)
+    sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+  sqlite3_close_v2(st->db);
+  free(st);
+}
+
+static int s_schema_version(tg_store_t *s, int *version) {
+  int v = tg_migrate_version(((sql_store_t *)s)->db);
+  *version = v < 0 ? 0 : v;
+  return v < 0 ? v : TG_OK;
+}
+
+static int s_begin(tg_store_t *s, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  if (st->in_tx)
+    return tg_problem_set(p, TG_ESTORE, "", "transaction already open");
+  int rc = exec(st, "BEGIN IMMEDIATE", p);
+  if (rc == TG_OK)
+    st->in_tx = 1;
+  return rc;
+}
+
+static int s_commit(tg_store_t *s, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  if (!st->in_tx)
+    return tg_problem_set(p, TG_ESTORE, "", "no transaction open");
+  int rc = exec(st, "COMMIT", p);
+  if (rc) {
+    sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+  }
+  st->in_tx = 0;
+  return rc;
+}
+
+static void s_rollback(tg_store_t *s) {
+  sql_store_t *st = (sql_store_t *)s;
+  if (st->in_tx)
+    sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+  st->in_tx = 0;
+}
+
+/* ---- rows ---------------------------------------------------------------- */
+
+static int s_get_by(tg_store_t *s, const tg_entity_desc_t *d, const tg_field_t *f,
+                    const char *value, json_t **row, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  int result;
+  sb_add(&b, "SELECT ");
+  sb_row_columns(&b, d);
+  sb_add(&b, " FROM ");
+  sb_add(&b, d->table);
+  sb_add(&b, " WHERE ");
+  sb_add(&b, f->name);
+  sb_add(&b, " = ?");
+  /* Unique text fields other than the email are unique among live rows
+   * only through partial indexes; prefer the live row. */
+  if (tg_model_field(d, "status"))
+    sb_add(&b, " ORDER BY status = 'deleted', id DESC");
+  sb_add(&b, " LIMIT 1");
+  if ((result = prepare(st, &b, &stmt, p)) || (result = bind_text_as(st, stmt, 1, f, value, p)))
+    goto out;
+  int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) {
+    *row = row_to_json(stmt, d);
+    result = *row ? TG_OK : tg_problem_set(p, TG_ENOMEM, "", NULL);
+  } else if (rc == SQLITE_DONE) {
+    result =
+        tg_problem_set(p, TG_ENOTFOUND, f->type == TG_FT_ID ? "/id" : f->name, "no %s with this %s",
+                       d->name, f->type == TG_FT_DIGEST ? "key" : f->name);
+  } else {
+    result = sql_error(st, "read", p);
+  }
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static int s_get_secret(tg_store_t *s, const tg_entity_desc_t *d, const char *id,
+                        const tg_field_t *f, char **out, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  int result;
+  sb_add(&b, "SELECT ");
+  sb_add(&b, f->name);
+  sb_add(&b, " FROM ");
+  sb_add(&b, d->table);
+  sb_add(&b, " WHERE id = ?");
+  if ((result = prepare(st, &b, &stmt, p)))
+    goto out;
+  sqlite3_bind_text(stmt, 1, id, -1, SQLITE_TRANSIENT);
+  int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) {
+    if (sqlite3_column_type(stmt, 0) != SQLITE_NULL) {
+      *out = strdup((const char *)sqlite3_column_text(stmt, 0));
+      if (!*out)
+        result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    }
+  } else if (rc == SQLITE_DONE) {
+    result = tg_problem_set(p, TG_ENOTFOUND, "/id", "no %s with id \"%s\"", d->name, id);
+  } else {
+    result = sql_error(st, "read", p);
+  }
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static int get_row(sql_store_t *st, const tg_entity_desc_t *d, const char *id, json_t **row,
+                   tg_problem_t *p) {
+  return s_get_by(&st->base, d, &d->fields[0], id, row, p);
+}
+
+/* After a foreign-key failure, find which reference in `fields` is broken,
+ * so that the error names the field ("/api_id") instead of "a reference". */
+static int explain_reference(sql_store_t *st, const tg_entity_desc_t *d, const json_t *fields,
+                             tg_problem_t *p) {
+  for (int i = 0; i < d->nfields; i++) {
+    const tg_field_t *f = &d->fields[i];
+    const json_t *v = json_object_get(fields, f->name);
+    if (f->type != TG_FT_REF || !json_is_string(v))
+      continue;
+    const tg_entity_desc_t *ref = NULL;
+    for (int e = 0; e < TG_ENT__COUNT; e++)
+      if (strcmp(tg_model_entity((tg_entity_t)e)->name, f->choices) == 0)
+        ref = tg_model_entity((tg_entity_t)e);
+    json_t *row = NULL;
+    tg_problem_t ignore = {0};
+    int rc = get_row(st, ref, json_string_value(v), &row, &ignore);
+    if (rc == TG_ENOTFOUND) {
+      char ptr[TG_PROBLEM_FIELD_MAX];
+      snprintf(ptr, sizeof(ptr), "/%s", f->name);
+      return tg_problem_set(p, TG_EINVAL, ptr, "no %s with id \"%s\"", ref->name,
+                            json_string_value(v));
+    }
+    /* A plan of another API: subscriptions' (plan_id, api_id) reference. */
+    const json_t *api = json_object_get(fields, "api_id");
+    if (rc == TG_OK && strcmp(f->choices, "plan") == 0 && json_is_string(api) &&
+        !json_equal(json_object_get(row, "api_id"), api)) {
+      json_decref(row);
+      return tg_problem_set(p, TG_EINVAL, "/plan_id", "plan \"%s\" belongs to another API",
+                            json_string_value(v));
+    }
+    json_decref(row);
+  }
+  return tg_problem_set(p, TG_ECONFLICT, "", "a reference of this %s does not hold", d->name);
+}
+
+static int s_create(tg_store_t *s, const tg_entity_desc_t *d, const json_t *fields, json_t **row,
+                    tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  char id[TG_ID_LEN + 1];
+  int result, n = 0;
+  int64_t now = tg_now();
+  int has_version = tg_model_field(d, "version") != NULL;
+  tg_id_new(d->id_prefix, id);
+  sb_add(&b, "INSERT INTO ");
+  sb_add(&b, d->table);
+  sb_add(&b, " (id");
+  if (has_version)
+    sb_add(&b, ", version, created_at, updated_at");
+  for (int i = 0; i < d->nfields; i++)
+    if (json_object_get(fields, d->fields[i].name)) {
+      sb_add(&b, ", ");
+      sb_add(&b, d->fields[i].name);
+      n++;
+    }
+  sb_add(&b, ") VALUES (?");
+  if (has_version)
+    sb_add(&b, ", 1, ?, ?");
+  for (int i = 0; i < n; i++)
+    sb_add(&b, ", ?");
+  sb_add(&b, ")");
+  if ((result = prepare(st, &b, &stmt, p)))
+    goto out;
+  int idx = 1;
+  sqlite3_bind_text(stmt, idx++, id, -1, SQLITE_TRANSIENT);
+  if (has_version) {
+    sqlite3_bind_int64(stmt, idx++, now);
+    sqlite3_bind_int64(stmt, idx++, now);
+  }
+  for (int i = 0; i < d->nfields; i++) {
+    const json_t *v = json_object_get(fields, d->fields[i].name);
+    if (v && (result = bind_value(st, stmt, idx++, &d->fields[i], v, p)))
+      goto out;
+  }
+  if (sqlite3_step(stmt) != SQLITE_DONE) {
+    if (is_fk_error(st->db))
+      result = explain_reference(st, d, fields, p);
+    else
+      result = sql_error(st, d->name, p);
+    goto out;
+  }
+  result = row ? get_row(st, d, id, row, p) : TG_OK;
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+/* After an update or delete touched no row: missing, or wrong version? */
+static int explain_miss(sql_store_t *st, const tg_entity_desc_t *d, const char *id,
+                        int64_t if_version, tg_problem_t *p) {
+  json_t *row = NULL;
+  int rc = get_row(st, d, id, &row, p);
+  if (rc == TG_OK) {
+    rc = tg_problem_set(p, TG_EPRECOND, "/version",
+                        "%s \"%s\" is at version %lld, not %lld (changed by someone else)", d->name,
+                        id, (long long)json_integer_value(json_object_get(row, "version")),
+                        (long long)if_version);
+  }
+  json_decref(row);
+  return rc;
+}
+
+static int s_update(tg_store_t *s, const tg_entity_desc_t *d, const char *id, const json_t *changes,
+                    int64_t if_version, json_t **row, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  int result, idx = 1;
+  if (json_object_size(changes) == 0) {
+    json_t *cur = NULL;
+    result = get_row(st, d, id, &cur, p);
+    if (result == TG_OK && if_version > 0 &&
+        json_integer_value(json_object_get(cur, "version")) != if_version) {
+      json_decref(cur);
+      return explain_miss(st, d, id, if_version, p);
+    }
+    if (row)
+      *row = cur;
+    else
+      json_decref(cur);
+    return result;
+  }
+  sb_add(&b, "UPDATE ");
+  sb_add(&b, d->table);
+  sb_add(&b, " SET version = version + 1, updated_at = max(created_at, ?)");
+  for (int i = 0; i < d->nfields; i++)
+    if (json_object_get(changes, d->fields[i].name)) {
+      sb_add(&b, ", ");
+      sb_add(&b, d->fields[i].name);
+      sb_add(&b, " = ?");
+    }
+  sb_add(&b, " WHERE id = ?");
+  if (if_version > 0)
+    sb_add(&b, " AND version = ?");
+  if ((result = prepare(st, &b, &stmt, p)))
+    goto out;
+  sqlite3_bind_int64(stmt, idx++, tg_now());
+  for (int i = 0; i < d->nfields; i++) {
+    const json_t *v = json_object_get(changes, d->fields[i].name);
+    if (v && (result = bind_value(st, stmt, idx++, &d->fields[i], v, p)))
+      goto out;
+  }
+  sqlite3_bind_text(stmt, idx++, id, -1, SQLITE_TRANSIENT);
+  if (if_version > 0)
+    sqlite3_bind_int64(stmt, idx++, if_version);
+  if (sqlite3_step(stmt) != SQLITE_DONE) {
+    if (is_fk_error(st->db)) {
+      /* The reference check needs the row's immutable api_id as context. */
+      json_t *cur = NULL, *merged = NULL;
+      if (get_row(st, d, id, &cur, NULL) == TG_OK && (merged = json_deep_copy(cur)) &&
+          json_object_update(merged, (json_t *)changes) == 0)
+        result = explain_reference(st, d, merged, p);
+      else
+        result = sql_error(st, d->name, p);
+      json_decref(cur);
+      json_decref(merged);
+    } else {
+      result = sql_error(st, d->name, p);
+    }
+    goto out;
+  }
+  if (sqlite3_changes(st->db) == 0) {
+    result = explain_miss(st, d, id, if_version, p);
+    goto out;
+  }
+  result = row ? get_row(st, d, id, row, p) : TG_OK;
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static int s_del(tg_store_t *s, const tg_entity_desc_t *d, const char *id, int64_t if_version,
+                 tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  int result;
+  sb_add(&b, "DELETE FROM ");
+  sb_add(&b, d->table);
+  sb_add(&b, " WHERE id = ?");
+  if (if_version > 0)
+    sb_add(&b, " AND version = ?");
+  if ((result = prepare(st, &b, &stmt, p)))
+    goto out;
+  sqlite3_bind_text(stmt, 1, id, -1, SQLITE_TRANSIENT);
+  if (if_version > 0)
+    sqlite3_bind_int64(stmt, 2, if_version);
+  if (sqlite3_step(stmt) != SQLITE_DONE) {
+    if (is_fk_error(st->db))
+      result = tg_problem_set(p, TG_ECONFLICT, "/id", "%s \"%s\" is still in use by other entities",
+                              d->name, id);
+    else
+      result = sql_error(st, d->name, p);
+    goto out;
+  }
+  if (sqlite3_changes(st->db) == 0)
+    result = explain_miss(st, d, id, if_version, p);
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static void sb_where(sqlbuf_t *b, const tg_entity_desc_t *d, const tg_filter_t *filters, int n,
+                     int after) {
+  for (int i = 0; i < n; i++) {
+    sb_add(b, i == 0 ? " WHERE " : " AND ");
+    sb_add(b, tg_model_field(d, filters[i].field)->name);
+    sb_add(b, " = ?");
+  }
+  if (after)
+    sb_add(b, n ? " AND id > ?" : " WHERE id > ?");
+}
+
+static int bind_filters(sql_store_t *st, sqlite3_stmt *stmt, const tg_entity_desc_t *d,
+                        const tg_filter_t *filters, int n, tg_problem_t *p) {
+  for (int i = 0; i < n; i++) {
+    int rc =
+        bind_text_as(st, stmt, i + 1, tg_model_field(d, filters[i].field), filters[i].value, p);
+    if (rc)
+      return rc;
+  }
+  return TG_OK;
+}
+
+static int s_list(tg_store_t *s, const tg_entity_desc_t *d, const tg_list_query_t *q, json_t **rows,
+                  char *next, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  json_t *arr = NULL;
+  int result, rc, n = 0;
+  sb_add(&b, "SELECT ");
+  sb_row_columns(&b, d);
+  sb_add(&b, " FROM ");
+  sb_add(&b, d->table);
+  sb_where(&b, d, q->filters, q->nfilters, q->after != NULL);
+  sb_add(&b, " ORDER BY id LIMIT ?");
+  if ((result = prepare(st, &b, &stmt, p)) ||
+      (result = bind_filters(st, stmt, d, q->filters, q->nfilters, p)))
+    goto out;
+  int idx = q->nfilters + 1;
+  if (q->after)
+    sqlite3_bind_text(stmt, idx++, q->after, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_int(stmt, idx, q->limit + 1); /* one extra row says "there is more" */
+  if (!(arr = json_array())) {
+    result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    goto out;
+  }
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    if (n == q->limit) {
+      const json_t *last = json_object_get(json_array_get(arr, (size_t)n - 1), "id");
+      snprintf(next, TG_ID_LEN + 1, "%s", json_string_value(last));
+      break;
+    }
+    json_t *o = row_to_json(stmt, d);
+    if (!o || json_array_append_new(arr, o)) {
+      result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+      goto out;
+    }
+    n++;
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    result = sql_error(st, "list", p);
+    goto out;
+  }
+  result = TG_OK;
+out:
+  sqlite3_finalize(stmt);
+  if (result) {
+    json_decref(arr);
+    arr = NULL;
+    next[0] = '\0';
+  }
+  *rows = arr;
+  return result;
+}
+
+static int s_count(tg_store_t *s, const tg_entity_desc_t *d, const tg_filter_t *filters,
+                   int nfilters, int64_t *count, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  int result;
+  sb_add(&b, "SELECT count(*) FROM ");
+  sb_add(&b, d->table);
+  sb_where(&b, d, filters, nfilters, 0);
+  if ((result = prepare(st, &b, &stmt, p)) ||
+      (result = bind_filters(st, stmt, d, filters, nfilters, p)))
+    goto out;
+  if (sqlite3_step(stmt) != SQLITE_ROW) {
+    result = sql_error(st, "count", p);
+    goto out;
+  }
+  *count = sqlite3_column_int64(stmt, 0);
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+/* ---- meta, change log, backup -------------------------------------------- */
+
+static int s_meta_get(tg_store_t *s, const char *key, char **value, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (sqlite3_prepare_v2(st->db, "SELECT value FROM meta WHERE key = ?", -1, &stmt, NULL)) {
+    result = sql_error(st, "meta", p);
+    goto out;
+  }
+  sqlite3_bind_text(stmt, 1, key, -1, SQLITE_TRANSIENT);
+  int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) {
+    *value = strdup((const char *)sqlite3_column_text(stmt, 0));
+    if (!*value)
+      result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+  } else if (rc == SQLITE_DONE) {
+    result = tg_problem_set(p, TG_ENOTFOUND, key, "no setting %s", key);
+  } else {
+    result = sql_error(st, "meta", p);
+  }
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static int s_meta_set(tg_store_t *s, const char *key, const char *value, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (sqlite3_prepare_v2(st->db,
+                         "INSERT INTO meta (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         -1, &stmt, NULL)) {
+    result = sql_error(st, "meta", p);
+    goto out;
+  }
+  sqlite3_bind_text(stmt, 1, key, -1, SQLITE_TRANSIENT);
+  sqlite3_bind_text(stmt, 2, value, -1, SQLITE_TRANSIENT);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, "meta", p);
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static int s_changes(tg_store_t *s, int64_t after_seq, int limit, tg_change_cb cb, void *ctx,
+                     int64_t *last_seq, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK, rc;
+  if (last_seq)
+    *last_seq = after_seq;
+  if (sqlite3_prepare_v2(st->db,
+                         "SELECT seq, at, entity, entity_id, op FROM change_log "
+                         "WHERE seq > ? ORDER BY seq LIMIT ?",
+                         -1, &stmt, NULL)) {
+    result = sql_error(st, "change log", p);
+    goto out;
+  }
+  sqlite3_bind_int64(stmt, 1, after_seq);
+  sqlite3_bind_int(stmt, 2, limit);
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    tg_change_t c = {
+        .seq = sqlite3_column_int64(stmt, 0),
+        .at = sqlite3_column_int64(stmt, 1),
+        .entity = (const char *)sqlite3_column_text(stmt, 2),
+        .entity_id = (const char *)sqlite3_column_text(stmt, 3),
+        .op = (const char *)sqlite3_column_text(stmt, 4),
+    };
+    if ((result = cb(&c, ctx)))
+      goto out;
+    if (last_seq)
+      *last_seq = c.seq;
+  }
+  if (rc != SQLITE_DONE)
+    result = sql_error(st, "change log", p);
+out:
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static int s_data_version(tg_store_t *s, int64_t *version) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_ESTORE;
+  if (sqlite3_prepare_v2(st->db, "PRAGMA data_version", -1, &stmt, NULL) == SQLITE_OK &&
+      sqlite3_step(stmt) == SQLITE_ROW) {
+    *version = sqlite3_column_int64(stmt, 0);
+    result = TG_OK;
+  }
+  sqlite3_finalize(stmt);
+  return result;
+}
+
+static int s_backup(tg_store_t *s, const char *path, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3 *dst = NULL;
+  sqlite3_backup *bk = NULL;
+  int result = TG_ESTORE, created = 0;
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    result = tg_problem_set(p, TG_EIO, "file", "cannot create %s: %s", path, strerror(errno));
+    goto out;
+  }
+  close(fd);
+  created = 1;
+  if (sqlite3_open_v2(path, &dst, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+    result = tg_problem_set(p, TG_ESTORE, "file", "cannot open %s: %s", path,
+                            dst ? sqlite3_errmsg(dst) : "out of memory");
+    goto out;
+  }
+  /* One step copies every page under one read transaction: a consistent
+   * snapshot, while WAL lets writers go on. */
+  bk = sqlite3_backup_init(dst, "main", st->db, "main");
+  if (!bk) {
+    result = tg_problem_set(p, TG_ESTORE, "file", "backup: %s", sqlite3_errmsg(dst));
+    goto out;
+  }
+  int rc = sqlite3_backup_step(bk, -1);
+  sqlite3_backup_finish(bk);
+  bk = NULL;
+  if (rc != SQLITE_DONE) {
+    result = tg_problem_set(p, rc == SQLITE_BUSY ? TG_EBUSY : TG_ESTORE, "file",
+                            "backup to %s failed: %s", path, sqlite3_errstr(rc));
+    goto out;
+  }
+  result = TG_OK;
+out:
+  sqlite3_close_v2(dst);
+  if (result && created)
+    unlink(path);
+  return result;
+}
+
+static const tg_store_vtab_t sqlite_vtab = {
+    .name = "sqlite",
+    .close = s_close,
+    .schema_version = s_schema_version,
+    .begin = s_begin,
+    .commit = s_commit,
+    .rollback = s_rollback,
+    .create = s_create,
+    .get_by = s_get_by,
+    .get_secret = s_get_secret,
+    .update = s_update,
+    .del = s_del,
+    .list = s_list,
+    .count = s_count,
+    .meta_get = s_meta_get,
+    .meta_set = s_meta_set,
+    .changes = s_changes,
+    .data_version = s_data_version,
+    .backup = s_backup,
+};
