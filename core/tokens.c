@@ -72,27 +72,34 @@ out:
   return result;
 }
 
+/* Generate a token of `type` into text and return the fields the store
+ * keeps of it: {"prefix", "digest" (hex)}. New reference; NULL on ENOMEM. */
+static json_t *new_token_fields(tg_token_type_t type, const tg_secret_t *secret, char *text) {
+  char prefix[TG_TOKEN_PREFIX_MAX + 1], hex[TG_DIGEST_HEX_LEN + 1];
+  unsigned char digest[TG_DIGEST_BYTES];
+  tg_token_generate(type, secret, text, prefix, digest);
+  tg_hex_encode(digest, sizeof(digest), hex);
+  return json_pack("{s:s, s:s}", "prefix", prefix, "digest", hex);
+}
+
 int tg_admin_token_create(tg_store_t *s, const tg_secret_t *secret, const char *name,
                           const json_t *scopes, int64_t expires_at, char *token, json_t **row,
                           tg_problem_t *p) {
-  char prefix[TG_TOKEN_PREFIX_MAX + 1], hex[TG_DIGEST_HEX_LEN + 1];
-  unsigned char digest[TG_DIGEST_BYTES];
   int result = TG_ENOMEM;
-  json_t *fields = NULL;
+  json_t *fields = new_token_fields(TG_TOKEN_ADMIN, secret, token);
   if (row)
     *row = NULL;
-  tg_token_generate(TG_TOKEN_ADMIN, secret, token, prefix, digest);
-  tg_hex_encode(digest, sizeof(digest), hex);
-  fields = json_pack("{s:s, s:s, s:s, s:O}", "name", name ? name : "", "prefix", prefix, "digest",
-                     hex, "scopes", scopes ? scopes : json_null());
-  if (!fields) {
-    result = tg_problem_set(p, TG_EINVAL, "/name", "name must be UTF-8 text");
+  if (!fields)
     goto out;
-  }
-  if (expires_at > 0 && json_object_set_new(fields, "expires_at", json_integer(expires_at)))
+  /* _nocheck: the model validates UTF-8 and names the field if it is bad */
+  if ((name && json_object_set_new(fields, "name", json_string_nocheck(name))) ||
+      json_object_set(fields, "scopes", scopes ? (json_t *)scopes : json_null()) ||
+      (expires_at > 0 && json_object_set_new(fields, "expires_at", json_integer(expires_at))))
     goto out;
   result = tg_store_create(s, TG_ENT_ADMIN_TOKEN, fields, true, row, p);
 out:
+  if (result == TG_ENOMEM)
+    tg_problem_set(p, TG_ENOMEM, "", NULL);
   json_decref(fields);
   if (result)
     sodium_memzero(token, TG_TOKEN_MAX_LEN + 1);
@@ -166,20 +173,17 @@ out:
 int tg_key_issue(tg_store_t *s, const tg_secret_t *secret, const char *app_id, const char *name,
                  int64_t expires_at, const char *rotated_from, char *key, json_t **row,
                  tg_problem_t *p) {
-  char prefix[TG_TOKEN_PREFIX_MAX + 1], hex[TG_DIGEST_HEX_LEN + 1];
-  unsigned char digest[TG_DIGEST_BYTES];
   int result = TG_ENOMEM;
-  json_t *fields = NULL;
+  json_t *fields = new_token_fields(TG_TOKEN_API_KEY, secret, key);
   if (row)
     *row = NULL;
-  tg_token_generate(TG_TOKEN_API_KEY, secret, key, prefix, digest);
-  tg_hex_encode(digest, sizeof(digest), hex);
-  fields = json_pack("{s:s?, s:s, s:s}", "app_id", app_id, "prefix", prefix, "digest", hex);
   if (!fields)
     goto out;
-  if ((name && json_object_set_new(fields, "name", json_string(name))) ||
+  if ((app_id && json_object_set_new(fields, "app_id", json_string_nocheck(app_id))) ||
+      (name && json_object_set_new(fields, "name", json_string_nocheck(name))) ||
       (expires_at > 0 && json_object_set_new(fields, "expires_at", json_integer(expires_at))) ||
-      (rotated_from && json_object_set_new(fields, "rotated_from", json_string(rotated_from))))
+      (rotated_from &&
+       json_object_set_new(fields, "rotated_from", json_string_nocheck(rotated_from))))
     goto out;
   result = tg_store_create(s, TG_ENT_KEY, fields, true, row, p);
 out:
