@@ -236,17 +236,22 @@ CREATE TABLE change_log (
   op        TEXT NOT NULL CHECK (op IN ('insert', 'update', 'delete'))
 ) STRICT;
 
--- Usage ledger. One row per (period start, key, API, plan, status class,
--- reject reason). status_class: 1..5 for responses the upstream produced
--- (1xx..5xx); 0 for requests the gateway rejected itself, with `reason`
--- naming why ('invalid_key', 'not_subscribed', 'rate_limited', 'quota',
--- 'bad_request', ...); reason is '' for served requests. Unknown dimensions
--- (no valid key) are ''. Latency histogram buckets h00..h14 count requests
--- whose total latency was <= 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000,
--- 2500, 5000, 7500, 10000 ms, and above (OpenTelemetry's HTTP buckets);
--- summing columns merges histograms exactly.
-CREATE TABLE usage_minute (
-  period_start    INTEGER NOT NULL CHECK (period_start >= 0 AND period_start % 60 = 0),
+-- Usage ledger: one table for every granularity, so that a report over
+-- any range reads the same columns whichever granularity serves it.
+-- One row per (granularity, period start, key, API, plan, status class,
+-- reject reason). granularity is the period length in seconds: 60 (minute
+-- rows written by the gateway), 3600 and 86400 (compacted by the server).
+-- status_class: 1..5 for responses the upstream produced (1xx..5xx); 0 for
+-- requests the gateway rejected itself, with `reason` naming why
+-- ('invalid_key', 'not_subscribed', 'rate_limited', 'quota',
+-- 'bad_request', ...); reason is '' for served requests. Unknown
+-- dimensions (no valid key) are ''. Latency histogram buckets h00..h14
+-- count requests whose total latency was <= 5, 10, 25, 50, 75, 100, 250,
+-- 500, 750, 1000, 2500, 5000, 7500, 10000 ms, and above (OpenTelemetry's
+-- HTTP buckets); summing columns merges histograms exactly.
+CREATE TABLE usage_rollups (
+  granularity     INTEGER NOT NULL CHECK (granularity IN (60, 3600, 86400)),
+  period_start    INTEGER NOT NULL CHECK (period_start >= 0 AND period_start % granularity = 0),
   key_id          TEXT NOT NULL CHECK (length(key_id) <= 64),
   app_id          TEXT NOT NULL CHECK (length(app_id) <= 64),
   developer_id    TEXT NOT NULL CHECK (length(developer_id) <= 64),
@@ -264,57 +269,10 @@ CREATE TABLE usage_minute (
   h06 INTEGER NOT NULL DEFAULT 0, h07 INTEGER NOT NULL DEFAULT 0, h08 INTEGER NOT NULL DEFAULT 0,
   h09 INTEGER NOT NULL DEFAULT 0, h10 INTEGER NOT NULL DEFAULT 0, h11 INTEGER NOT NULL DEFAULT 0,
   h12 INTEGER NOT NULL DEFAULT 0, h13 INTEGER NOT NULL DEFAULT 0, h14 INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (period_start, key_id, api_id, plan_id, status_class, reason),
+  PRIMARY KEY (granularity, period_start, key_id, api_id, plan_id, status_class, reason),
   CHECK (h00 + h01 + h02 + h03 + h04 + h05 + h06 + h07 + h08 + h09 + h10 + h11 + h12 + h13 + h14 = calls)
 ) STRICT, WITHOUT ROWID;
-
-CREATE TABLE usage_hour (
-  period_start    INTEGER NOT NULL CHECK (period_start >= 0 AND period_start % 3600 = 0),
-  key_id          TEXT NOT NULL CHECK (length(key_id) <= 64),
-  app_id          TEXT NOT NULL CHECK (length(app_id) <= 64),
-  developer_id    TEXT NOT NULL CHECK (length(developer_id) <= 64),
-  api_id          TEXT NOT NULL CHECK (length(api_id) <= 64),
-  plan_id         TEXT NOT NULL CHECK (length(plan_id) <= 64),
-  subscription_id TEXT NOT NULL CHECK (length(subscription_id) <= 64),
-  status_class    INTEGER NOT NULL CHECK (status_class BETWEEN 0 AND 5),
-  reason          TEXT NOT NULL CHECK ((status_class = 0) = (reason <> '') AND length(reason) <= 32),
-  calls           INTEGER NOT NULL CHECK (calls >= 0),
-  bytes_in        INTEGER NOT NULL DEFAULT 0 CHECK (bytes_in >= 0),
-  bytes_out       INTEGER NOT NULL DEFAULT 0 CHECK (bytes_out >= 0),
-  latency_us_sum  INTEGER NOT NULL DEFAULT 0 CHECK (latency_us_sum >= 0),
-  h00 INTEGER NOT NULL DEFAULT 0, h01 INTEGER NOT NULL DEFAULT 0, h02 INTEGER NOT NULL DEFAULT 0,
-  h03 INTEGER NOT NULL DEFAULT 0, h04 INTEGER NOT NULL DEFAULT 0, h05 INTEGER NOT NULL DEFAULT 0,
-  h06 INTEGER NOT NULL DEFAULT 0, h07 INTEGER NOT NULL DEFAULT 0, h08 INTEGER NOT NULL DEFAULT 0,
-  h09 INTEGER NOT NULL DEFAULT 0, h10 INTEGER NOT NULL DEFAULT 0, h11 INTEGER NOT NULL DEFAULT 0,
-  h12 INTEGER NOT NULL DEFAULT 0, h13 INTEGER NOT NULL DEFAULT 0, h14 INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (period_start, key_id, api_id, plan_id, status_class, reason),
-  CHECK (h00 + h01 + h02 + h03 + h04 + h05 + h06 + h07 + h08 + h09 + h10 + h11 + h12 + h13 + h14 = calls)
-) STRICT, WITHOUT ROWID;
-
-CREATE TABLE usage_day (
-  period_start    INTEGER NOT NULL CHECK (period_start >= 0 AND period_start % 86400 = 0),
-  key_id          TEXT NOT NULL CHECK (length(key_id) <= 64),
-  app_id          TEXT NOT NULL CHECK (length(app_id) <= 64),
-  developer_id    TEXT NOT NULL CHECK (length(developer_id) <= 64),
-  api_id          TEXT NOT NULL CHECK (length(api_id) <= 64),
-  plan_id         TEXT NOT NULL CHECK (length(plan_id) <= 64),
-  subscription_id TEXT NOT NULL CHECK (length(subscription_id) <= 64),
-  status_class    INTEGER NOT NULL CHECK (status_class BETWEEN 0 AND 5),
-  reason          TEXT NOT NULL CHECK ((status_class = 0) = (reason <> '') AND length(reason) <= 32),
-  calls           INTEGER NOT NULL CHECK (calls >= 0),
-  bytes_in        INTEGER NOT NULL DEFAULT 0 CHECK (bytes_in >= 0),
-  bytes_out       INTEGER NOT NULL DEFAULT 0 CHECK (bytes_out >= 0),
-  latency_us_sum  INTEGER NOT NULL DEFAULT 0 CHECK (latency_us_sum >= 0),
-  h00 INTEGER NOT NULL DEFAULT 0, h01 INTEGER NOT NULL DEFAULT 0, h02 INTEGER NOT NULL DEFAULT 0,
-  h03 INTEGER NOT NULL DEFAULT 0, h04 INTEGER NOT NULL DEFAULT 0, h05 INTEGER NOT NULL DEFAULT 0,
-  h06 INTEGER NOT NULL DEFAULT 0, h07 INTEGER NOT NULL DEFAULT 0, h08 INTEGER NOT NULL DEFAULT 0,
-  h09 INTEGER NOT NULL DEFAULT 0, h10 INTEGER NOT NULL DEFAULT 0, h11 INTEGER NOT NULL DEFAULT 0,
-  h12 INTEGER NOT NULL DEFAULT 0, h13 INTEGER NOT NULL DEFAULT 0, h14 INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (period_start, key_id, api_id, plan_id, status_class, reason),
-  CHECK (h00 + h01 + h02 + h03 + h04 + h05 + h06 + h07 + h08 + h09 + h10 + h11 + h12 + h13 + h14 = calls)
-) STRICT, WITHOUT ROWID;
-CREATE INDEX usage_day_app ON usage_day (app_id, period_start);
-CREATE INDEX usage_hour_app ON usage_hour (app_id, period_start);
+CREATE INDEX usage_rollups_app ON usage_rollups (granularity, app_id, period_start);
 
 -- Change-log triggers: every change the gateway must see.
 CREATE TRIGGER apis_ci AFTER INSERT ON apis BEGIN

@@ -64,7 +64,7 @@ TG_TEST(applies_in_order_and_is_idempotent) {
   ASSERT_INT_EQ(from, 0);
   ASSERT_INT_EQ(to, tg_schema_migration_count);
   ASSERT(table_exists(db, "keys"));
-  ASSERT(table_exists(db, "usage_minute"));
+  ASSERT(table_exists(db, "usage_rollups"));
   ASSERT_INT_EQ(
       tg_migrate_apply(db, tg_schema_migrations, tg_schema_migration_count, &from, &to, &p), TG_OK);
   ASSERT_INT_EQ(from, to);

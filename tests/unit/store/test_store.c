@@ -617,17 +617,37 @@ TG_TEST(schema_constraints_are_a_backstop) {
       "('pln_01ARZ3NDEKTSV4RRFFQ69G5FAV', 'api_00000000000000000000000000', 'p', 'P', 1, 1)",
       "INSERT INTO developers (id, email, created_at, updated_at, password_hash) VALUES "
       "('dev_01ARZ3NDEKTSV4RRFFQ69G5FAV', 'a@b.c', 1, 1, 'plaintext-password')",
-      "INSERT INTO usage_minute (period_start, key_id, app_id, developer_id, api_id, plan_id, "
-      "subscription_id, status_class, reason, calls) VALUES (61, '', '', '', '', '', '', 2, '', "
-      "0)",
-      "INSERT INTO usage_minute (period_start, key_id, app_id, developer_id, api_id, plan_id, "
-      "subscription_id, status_class, reason, calls, h00) VALUES (60, '', '', '', '', '', '', 2, "
-      "'', 5, 4)",
-      "INSERT INTO usage_minute (period_start, key_id, app_id, developer_id, api_id, plan_id, "
-      "subscription_id, status_class, reason, calls) VALUES (60, '', '', '', '', '', '', 0, '', "
-      "0)",
+      "INSERT INTO usage_rollups (granularity, period_start, key_id, app_id, developer_id, "
+      "api_id, plan_id, subscription_id, status_class, reason, calls) VALUES (60, 61, '', '', '', "
+      "'', '', '', 2, '', 0)",
+      "INSERT INTO usage_rollups (granularity, period_start, key_id, app_id, developer_id, "
+      "api_id, plan_id, subscription_id, status_class, reason, calls) VALUES (3600, 60, '', '', "
+      "'', '', '', '', 2, '', 0)",
+      "INSERT INTO usage_rollups (granularity, period_start, key_id, app_id, developer_id, "
+      "api_id, plan_id, subscription_id, status_class, reason, calls) VALUES (120, 120, '', '', "
+      "'', '', '', '', 2, '', 0)",
+      "INSERT INTO usage_rollups (granularity, period_start, key_id, app_id, developer_id, "
+      "api_id, plan_id, subscription_id, status_class, reason, calls, h00) VALUES (60, 60, '', "
+      "'', '', '', '', '', 2, '', 5, 4)",
+      "INSERT INTO usage_rollups (granularity, period_start, key_id, app_id, developer_id, "
+      "api_id, plan_id, subscription_id, status_class, reason, calls) VALUES (60, 60, '', '', '', "
+      "'', '', '', 0, '', 0)",
       "UPDATE apis SET updated_at = created_at - 1",
   };
+  /* the same shapes, well-formed, are accepted: the rejections are real */
+  ASSERT_INT_EQ(sqlite3_exec(db,
+                             "INSERT INTO usage_rollups (granularity, period_start, key_id, "
+                             "app_id, developer_id, api_id, plan_id, subscription_id, "
+                             "status_class, reason, calls, h00, h14) VALUES (3600, 7200, '', '', "
+                             "'', '', '', '', 0, 'invalid_key', 5, 4, 1)",
+                             NULL, NULL, NULL),
+                SQLITE_OK);
+  ASSERT_INT_EQ(sqlite3_exec(db,
+                             "INSERT INTO plans (id, api_id, slug, name, currency, created_at, "
+                             "updated_at) VALUES ('pln_01ARZ3NDEKTSV4RRFFQ69G5FAW', (SELECT id "
+                             "FROM apis), 'q', 'Q', 'EUR', 1, 1)",
+                             NULL, NULL, NULL),
+                SQLITE_OK);
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
     int rc = sqlite3_exec(db, bad[i], NULL, NULL, NULL);
     if (rc == SQLITE_OK)
