@@ -43,6 +43,25 @@ int tg_problem_set(tg_problem_t *p, int code, const char *field, const char *fmt
   return code;
 }
 
+int tg_problem_add(tg_problem_t *p, int code, const char *field, const char *fmt, ...) {
+  char detail[TG_PROBLEM_DETAIL_MAX];
+  va_list ap;
+  if (!p)
+    return code;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof(detail), fmt, ap);
+  va_end(ap);
+  tg_problem_set(p, code, field, "%s", detail);
+  if (p->nitems < TG_PROBLEM_ITEMS_MAX) {
+    tg_problem_item_t *it = &p->items[p->nitems++];
+    snprintf(it->field, sizeof(it->field), "%s", field ? field : "");
+    size_t n = strnlen(detail, sizeof(it->detail) - 1); /* truncation is fine */
+    memcpy(it->detail, detail, n);
+    it->detail[n] = '\0';
+  }
+  return code;
+}
+
 void tg_problem_clear(tg_problem_t *p) {
   if (p)
     memset(p, 0, sizeof(*p));

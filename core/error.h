@@ -34,15 +34,28 @@ typedef enum tg_err {
 #define TG_PROBLEM_FIELD_MAX  128
 #define TG_PROBLEM_DETAIL_MAX 512
 
+#define TG_PROBLEM_ITEMS_MAX       16
+#define TG_PROBLEM_ITEM_DETAIL_MAX 160
+
+/* One of several field errors found in one validation pass. */
+typedef struct tg_problem_item {
+  char field[TG_PROBLEM_FIELD_MAX];
+  char detail[TG_PROBLEM_ITEM_DETAIL_MAX];
+} tg_problem_item_t;
+
 /*
  * What went wrong, for a human. `field` is a JSON pointer ("/slug") or a
  * config key ("db_path") or empty; `detail` is a sentence without secrets.
- * A zeroed struct means "no detail".
+ * Validation that checks every field also lists each bad one in `items`
+ * (the first of them is also field/detail). A zeroed struct means "no
+ * detail".
  */
 typedef struct tg_problem {
   tg_err_t code;
   char field[TG_PROBLEM_FIELD_MAX];
   char detail[TG_PROBLEM_DETAIL_MAX];
+  int nitems;
+  tg_problem_item_t items[TG_PROBLEM_ITEMS_MAX];
 } tg_problem_t;
 
 /* Static English name of an error code ("not found"); never NULL. */
@@ -56,6 +69,15 @@ const char *tg_strerror(int err);
  * but leave `p` as it is, so the innermost cause wins.
  */
 int tg_problem_set(tg_problem_t *p, int code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/*
+ * Record one field error of a validation pass that goes on after it: the
+ * first call also sets code/field/detail like tg_problem_set; every call
+ * appends to items (silently dropped past TG_PROBLEM_ITEMS_MAX). Returns
+ * `code`.
+ */
+int tg_problem_add(tg_problem_t *p, int code, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 /* Clear `p` (no-op on NULL). */

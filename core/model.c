@@ -519,31 +519,44 @@ static int validate_value(const tg_field_t *f, const json_t *v, const char *ptr,
   return TG_OK;
 }
 
+/* Check one member; the reason goes to `one` (a fresh problem). */
+static int validate_member(const tg_entity_desc_t *d, const char *name, const json_t *v,
+                           tg_validate_mode_t mode, bool allow_secret, const char *ptr,
+                           tg_problem_t *one) {
+  const tg_field_t *f = tg_model_field(d, name);
+  if (!f || ((f->flags & TG_F_SECRET) && !allow_secret))
+    return tg_problem_set(one, TG_EINVAL, ptr, "unknown field \"%.64s\" for a %s", name, d->name);
+  if ((f->flags & TG_F_SERVER) || ((f->flags & TG_F_INTERNAL) && !allow_secret))
+    return tg_problem_set(one, TG_EINVAL, ptr, "is read-only (set by the server)");
+  if (mode == TG_VALIDATE_UPDATE && (f->flags & TG_F_IMMUTABLE))
+    return tg_problem_set(one, TG_EINVAL, ptr, "cannot be changed after creation");
+  if (f->type == TG_FT_DIGEST) {
+    if (!json_is_string(v) || json_string_length(v) != 64)
+      return tg_problem_set(one, TG_EINVAL, ptr, "must be a 64-char hex digest");
+    return TG_OK;
+  }
+  return validate_value(f, v, ptr, one);
+}
+
 int tg_model_validate(tg_entity_t ent, const json_t *obj, tg_validate_mode_t mode,
                       bool allow_secret, tg_problem_t *p) {
   const tg_entity_desc_t *d = tg_model_entity(ent);
+  int result = TG_OK;
   if (!d || !json_is_object(obj))
     return tg_problem_set(p, TG_EINVAL, "", "the body must be a JSON object");
+  /* Every member is checked, so a client learns all its mistakes at once. */
   const char *name;
   const json_t *v;
   json_object_foreach((json_t *)obj, name, v) {
     char ptr[TG_PROBLEM_FIELD_MAX];
+    tg_problem_t one = {0};
     snprintf(ptr, sizeof(ptr), "/%s", name);
-    const tg_field_t *f = tg_model_field(d, name);
-    if (!f || ((f->flags & TG_F_SECRET) && !allow_secret))
-      return tg_problem_set(p, TG_EINVAL, ptr, "unknown field \"%.64s\" for a %s", name, d->name);
-    if ((f->flags & TG_F_SERVER) || ((f->flags & TG_F_INTERNAL) && !allow_secret))
-      return tg_problem_set(p, TG_EINVAL, ptr, "is read-only (set by the server)");
-    if (mode == TG_VALIDATE_UPDATE && (f->flags & TG_F_IMMUTABLE))
-      return tg_problem_set(p, TG_EINVAL, ptr, "cannot be changed after creation");
-    if (f->type == TG_FT_DIGEST) {
-      if (!json_is_string(v) || json_string_length(v) != 64)
-        return tg_problem_set(p, TG_EINVAL, ptr, "must be a 64-char hex digest");
-      continue;
+    int rc = validate_member(d, name, v, mode, allow_secret, ptr, &one);
+    if (rc) {
+      tg_problem_add(p, rc, one.field, "%s", one.detail);
+      if (!result)
+        result = rc;
     }
-    int rc = validate_value(f, v, ptr, p);
-    if (rc)
-      return rc;
   }
   if (mode == TG_VALIDATE_CREATE) {
     for (int i = 0; i < d->nfields; i++) {
@@ -551,9 +564,11 @@ int tg_model_validate(tg_entity_t ent, const json_t *obj, tg_validate_mode_t mod
       if ((f->flags & TG_F_REQUIRED) && !json_object_get(obj, f->name)) {
         char ptr[TG_PROBLEM_FIELD_MAX];
         snprintf(ptr, sizeof(ptr), "/%s", f->name);
-        return tg_problem_set(p, TG_EINVAL, ptr, "is required");
+        tg_problem_add(p, TG_EINVAL, ptr, "is required");
+        if (!result)
+          result = TG_EINVAL;
       }
     }
   }
-  return TG_OK;
+  return result;
 }

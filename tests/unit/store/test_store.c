@@ -226,6 +226,19 @@ TG_TEST(validation_names_the_field) {
                       TG_EINVAL, "/id");
   expect_create_error(s, TG_ENT_API, J("{\"slug\":\"a\",\"name\":\"A\",\"version\":3}"), TG_EINVAL,
                       "/version");
+  /* every bad field is reported, not just the first */
+  {
+    tg_problem_t all = {0};
+    json_t *three = J("{\"slug\":\"Bad\",\"retries\":99,\"colour\":1}");
+    ASSERT_INT_EQ(tg_model_validate(TG_ENT_API, three, TG_VALIDATE_CREATE, false, &all), TG_EINVAL);
+    json_decref(three);
+    ASSERT_INT_EQ(all.nitems, 4); /* slug, retries, colour, and the missing name */
+    ASSERT_STR_EQ(all.items[0].field, "/slug");
+    ASSERT_STR_EQ(all.items[1].field, "/retries");
+    ASSERT_STR_EQ(all.items[2].field, "/colour");
+    ASSERT_STR_EQ(all.items[3].field, "/name");
+    ASSERT_STR_EQ(all.field, "/slug");
+  }
   /* oversized text */
   char *big = malloc(20002);
   memset(big, 'x', 20001);
