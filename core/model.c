@@ -168,6 +168,16 @@ static int check_url(const json_t *v, const char *ptr, tg_problem_t *p) {
   return TG_OK;
 }
 
+/* A query parameter name the gateway may take a key from: plain ASCII
+ * (RFC 3986 unreserved minus '~'), as the schema's CHECK allows. */
+static int check_param_name(const json_t *v, const char *ptr, tg_problem_t *p) {
+  const char *s = json_string_value(v);
+  size_t n = strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-");
+  if (n != json_string_length(v))
+    return tg_problem_set(p, TG_EINVAL, ptr, "may contain only letters, digits and _ . -");
+  return TG_OK;
+}
+
 static int check_openapi(const json_t *v, const char *ptr, tg_problem_t *p) {
   if (!json_is_object(v))
     return tg_problem_set(p, TG_EINVAL, ptr, "must be an OpenAPI document (a JSON object)");
@@ -210,7 +220,7 @@ static const tg_field_t api_fields[] = {
     {"write_timeout_ms", TG_FT_INT, 0, 1, 3600000, NULL, NULL},
     {"retries", TG_FT_INT, 0, 0, 10, NULL, NULL},
     {"auth_mode", TG_FT_ENUM, TG_F_FILTER, 0, 0, "key|none", NULL},
-    {"key_query_param", TG_FT_SLUG, TG_F_NULLABLE, 1, 64, NULL, NULL},
+    {"key_query_param", TG_FT_TEXT, TG_F_NULLABLE, 1, 64, NULL, check_param_name},
     {"max_body_bytes", TG_FT_INT, 0, 0, 1099511627776LL, NULL, NULL},
     {"portal_visible", TG_FT_BOOL, TG_F_FILTER, 0, 1, NULL, NULL},
     {"openapi", TG_FT_JSON, TG_F_NULLABLE, 0, 4194304, NULL, check_openapi},
@@ -220,7 +230,7 @@ static const tg_field_t api_fields[] = {
 static const tg_field_t target_fields[] = {
     SERVER_FIELDS_HEAD,
     {"api_id", TG_FT_REF, TG_F_REQUIRED | TG_F_IMMUTABLE | TG_F_FILTER, 0, 0, "api", NULL},
-    {"url", TG_FT_TEXT, TG_F_REQUIRED, 9, 2048, NULL, check_url},
+    {"url", TG_FT_TEXT, TG_F_REQUIRED, 8, 2048, NULL, check_url},
     {"weight", TG_FT_INT, 0, 0, 1000, NULL, NULL},
     SERVER_FIELDS_TAIL,
 };
@@ -525,7 +535,8 @@ static int validate_member(const tg_entity_desc_t *d, const char *name, const js
                            tg_problem_t *one) {
   const tg_field_t *f = tg_model_field(d, name);
   if (!f || ((f->flags & TG_F_SECRET) && !allow_secret))
-    return tg_problem_set(one, TG_EINVAL, ptr, "unknown field \"%.64s\" for a %s", name, d->name);
+    return tg_problem_set(one, TG_EINVAL, ptr, "unknown field \"%.64s\" (not a field of %s)", name,
+                          d->table);
   if ((f->flags & TG_F_SERVER) || ((f->flags & TG_F_INTERNAL) && !allow_secret))
     return tg_problem_set(one, TG_EINVAL, ptr, "is read-only (set by the server)");
   if (mode == TG_VALIDATE_UPDATE && (f->flags & TG_F_IMMUTABLE))

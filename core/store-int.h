@@ -36,6 +36,11 @@ typedef struct tg_store_vtab {
                  int64_t *last_seq, tg_problem_t *p);
   int (*data_version)(tg_store_t *s, int64_t *version);
   int (*backup)(tg_store_t *s, const char *path, tg_problem_t *p);
+  int (*idem_get)(tg_store_t *s, const unsigned char id[32], int64_t now, tg_idem_record_t *out,
+                  tg_problem_t *p);
+  int (*idem_put)(tg_store_t *s, const unsigned char id[32], const tg_idem_record_t *rec,
+                  int64_t now, int64_t expires_at, tg_problem_t *p);
+  int (*idem_purge)(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p);
 } tg_store_vtab_t;
 
 /* Every backend's store struct starts with this. */

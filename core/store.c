@@ -192,6 +192,23 @@ int tg_store_backup(tg_store_t *s, const char *path, tg_problem_t *p) {
   return s->vt->backup(s, path, p);
 }
 
+int tg_store_idem_get(tg_store_t *s, const unsigned char id[32], int64_t now, tg_idem_record_t *out,
+                      tg_problem_t *p) {
+  memset(out, 0, sizeof(*out));
+  return s->vt->idem_get(s, id, now, out, p);
+}
+
+int tg_store_idem_put(tg_store_t *s, const unsigned char id[32], const tg_idem_record_t *rec,
+                      int64_t now, int64_t expires_at, tg_problem_t *p) {
+  if (rec->sealed_len > 1048576)
+    return tg_problem_set(p, TG_ETOOBIG, "", "response too large to remember");
+  return s->vt->idem_put(s, id, rec, now, expires_at, p);
+}
+
+int tg_store_idem_purge(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p) {
+  return s->vt->idem_purge(s, now, deleted, p);
+}
+
 const char *tg_store_backend(tg_store_t *s) {
   return s->vt->name;
 }

@@ -163,6 +163,23 @@ int tg_store_data_version(tg_store_t *s, int64_t *version);
  * exist), safe while other processes write. */
 int tg_store_backup(tg_store_t *s, const char *path, tg_problem_t *p);
 
+/* A remembered POST result (see schema/0002_idempotency.sql). */
+typedef struct tg_idem_record {
+  unsigned char request_hash[32];
+  int status;
+  unsigned char *sealed; /* malloc'd by tg_store_idem_get; caller frees */
+  size_t sealed_len;
+} tg_idem_record_t;
+
+/* Look up an unexpired record by its 32-byte id: TG_OK or TG_ENOTFOUND. */
+int tg_store_idem_get(tg_store_t *s, const unsigned char id[32], int64_t now, tg_idem_record_t *out,
+                      tg_problem_t *p);
+/* Store a record (replacing an expired one with the same id). */
+int tg_store_idem_put(tg_store_t *s, const unsigned char id[32], const tg_idem_record_t *rec,
+                      int64_t now, int64_t expires_at, tg_problem_t *p);
+/* Delete records expired at `now`; *deleted (may be NULL) counts them. */
+int tg_store_idem_purge(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p);
+
 /* Test and debug support: the backend's name ("sqlite") and, for SQLite,
  * the database file path. */
 const char *tg_store_backend(tg_store_t *s);

@@ -25,11 +25,69 @@
 #include "core/store-int.h"
 #include "core/util.h"
 
+/* Prepared statements are kept per connection, keyed by their SQL text:
+ * preparing costs more than running most of our statements. A statement
+ * in use is never handed out twice; a busy cache falls back to a one-off. */
+#define STMT_CACHE 64
+
+typedef struct cached_stmt {
+  char *sql;
+  sqlite3_stmt *stmt;
+  int busy;
+} cached_stmt_t;
+
 typedef struct sql_store {
   tg_store_t base;
   sqlite3 *db;
   int in_tx;
+  cached_stmt_t cache[STMT_CACHE];
+  int ncache;
+  unsigned evict;
 } sql_store_t;
+
+static int stmt_prepare(sql_store_t *st, const char *sql, sqlite3_stmt **out) {
+  for (int i = 0; i < st->ncache; i++)
+    if (!st->cache[i].busy && strcmp(st->cache[i].sql, sql) == 0) {
+      st->cache[i].busy = 1;
+      *out = st->cache[i].stmt;
+      return SQLITE_OK;
+    }
+  int rc = sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, out, NULL);
+  if (rc != SQLITE_OK)
+    return rc;
+  char *copy = strdup(sql);
+  if (!copy)
+    return SQLITE_OK; /* uncached: released by finalize */
+  int slot = st->ncache < STMT_CACHE ? st->ncache++ : -1;
+  for (int tries = 0; slot < 0 && tries < STMT_CACHE; tries++) {
+    int i = (int)(st->evict++ % STMT_CACHE);
+    if (!st->cache[i].busy) {
+      sqlite3_finalize(st->cache[i].stmt);
+      free(st->cache[i].sql);
+      slot = i;
+    }
+  }
+  if (slot < 0) {
+    free(copy);
+    return SQLITE_OK;
+  }
+  st->cache[slot] = (cached_stmt_t){.sql = copy, .stmt = *out, .busy = 1};
+  return SQLITE_OK;
+}
+
+/* Give a statement back: reset a cached one, finalize a one-off. */
+static void stmt_release(sql_store_t *st, sqlite3_stmt *stmt) {
+  if (!stmt)
+    return;
+  for (int i = 0; i < st->ncache; i++)
+    if (st->cache[i].stmt == stmt) {
+      sqlite3_reset(stmt);
+      sqlite3_clear_bindings(stmt);
+      st->cache[i].busy = 0;
+      return;
+    }
+  stmt_release(st, stmt);
+}
 
 /* ---- a bounded SQL text builder ------------------------------------------ */
 
@@ -108,7 +166,7 @@ static int sql_error(sql_store_t *st, const char *what, tg_problem_t *p) {
 static int prepare(sql_store_t *st, const sqlbuf_t *b, sqlite3_stmt **stmt, tg_problem_t *p) {
   if (b->overflow)
     return tg_problem_set(p, TG_ESTORE, "", "statement too long");
-  if (sqlite3_prepare_v2(st->db, b->s, (int)b->len, stmt, NULL) != SQLITE_OK)
+  if (stmt_prepare(st, b->s, stmt) != SQLITE_OK)
     return sql_error(st, "prepare", p);
   return TG_OK;
 }
@@ -319,6 +377,10 @@ static void s_close(tg_store_t *s) {
   sql_store_t *st = (sql_store_t *)s;
   if (st->in_tx)
     sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+  for (int i = 0; i < st->ncache; i++) {
+    sqlite3_finalize(st->cache[i].stmt);
+    free(st->cache[i].sql);
+  }
   sqlite3_close_v2(st->db);
   free(st);
 }
@@ -392,7 +454,7 @@ static int s_get_by(tg_store_t *s, const tg_entity_desc_t *d, const tg_field_t *
     result = sql_error(st, "read", p);
   }
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -423,7 +485,7 @@ static int s_get_secret(tg_store_t *s, const tg_entity_desc_t *d, const char *id
     result = sql_error(st, "read", p);
   }
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -516,7 +578,7 @@ static int s_create(tg_store_t *s, const tg_entity_desc_t *d, const json_t *fiel
   }
   result = row ? get_row(st, d, id, row, p) : TG_OK;
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -600,7 +662,7 @@ static int s_update(tg_store_t *s, const tg_entity_desc_t *d, const char *id, co
   }
   result = row ? get_row(st, d, id, row, p) : TG_OK;
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -631,7 +693,7 @@ static int s_del(tg_store_t *s, const tg_entity_desc_t *d, const char *id, int64
   if (sqlite3_changes(st->db) == 0)
     result = explain_miss(st, d, id, if_version, p);
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -700,7 +762,7 @@ static int s_list(tg_store_t *s, const tg_entity_desc_t *d, const tg_list_query_
   }
   result = TG_OK;
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   if (result) {
     json_decref(arr);
     arr = NULL;
@@ -728,7 +790,7 @@ static int s_count(tg_store_t *s, const tg_entity_desc_t *d, const tg_filter_t *
   }
   *count = sqlite3_column_int64(stmt, 0);
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -738,7 +800,7 @@ static int s_meta_get(tg_store_t *s, const char *key, char **value, tg_problem_t
   sql_store_t *st = (sql_store_t *)s;
   sqlite3_stmt *stmt = NULL;
   int result = TG_OK;
-  if (sqlite3_prepare_v2(st->db, "SELECT value FROM meta WHERE key = ?", -1, &stmt, NULL)) {
+  if (stmt_prepare(st, "SELECT value FROM meta WHERE key = ?", &stmt)) {
     result = sql_error(st, "meta", p);
     goto out;
   }
@@ -754,7 +816,7 @@ static int s_meta_get(tg_store_t *s, const char *key, char **value, tg_problem_t
     result = sql_error(st, "meta", p);
   }
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -762,10 +824,10 @@ static int s_meta_set(tg_store_t *s, const char *key, const char *value, tg_prob
   sql_store_t *st = (sql_store_t *)s;
   sqlite3_stmt *stmt = NULL;
   int result = TG_OK;
-  if (sqlite3_prepare_v2(st->db,
-                         "INSERT INTO meta (key, value) VALUES (?, ?) "
-                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                         -1, &stmt, NULL)) {
+  if (stmt_prepare(st,
+                   "INSERT INTO meta (key, value) VALUES (?, ?) "
+                   "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                   &stmt)) {
     result = sql_error(st, "meta", p);
     goto out;
   }
@@ -774,7 +836,7 @@ static int s_meta_set(tg_store_t *s, const char *key, const char *value, tg_prob
   if (sqlite3_step(stmt) != SQLITE_DONE)
     result = sql_error(st, "meta", p);
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -785,10 +847,10 @@ static int s_changes(tg_store_t *s, int64_t after_seq, int limit, tg_change_cb c
   int result = TG_OK, rc;
   if (last_seq)
     *last_seq = after_seq;
-  if (sqlite3_prepare_v2(st->db,
-                         "SELECT seq, at, entity, entity_id, op FROM change_log "
-                         "WHERE seq > ? ORDER BY seq LIMIT ?",
-                         -1, &stmt, NULL)) {
+  if (stmt_prepare(st,
+                   "SELECT seq, at, entity, entity_id, op FROM change_log "
+                   "WHERE seq > ? ORDER BY seq LIMIT ?",
+                   &stmt)) {
     result = sql_error(st, "change log", p);
     goto out;
   }
@@ -810,7 +872,7 @@ static int s_changes(tg_store_t *s, int64_t after_seq, int limit, tg_change_cb c
   if (rc != SQLITE_DONE)
     result = sql_error(st, "change log", p);
 out:
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -818,12 +880,12 @@ static int s_data_version(tg_store_t *s, int64_t *version) {
   sql_store_t *st = (sql_store_t *)s;
   sqlite3_stmt *stmt = NULL;
   int result = TG_ESTORE;
-  if (sqlite3_prepare_v2(st->db, "PRAGMA data_version", -1, &stmt, NULL) == SQLITE_OK &&
+  if (stmt_prepare(st, "PRAGMA data_version", &stmt) == SQLITE_OK &&
       sqlite3_step(stmt) == SQLITE_ROW) {
     *version = sqlite3_column_int64(stmt, 0);
     result = TG_OK;
   }
-  sqlite3_finalize(stmt);
+  stmt_release(st, stmt);
   return result;
 }
 
@@ -867,6 +929,92 @@ out:
   return result;
 }
 
+/* ---- idempotency records ------------------------------------------------- */
+
+static int s_idem_get(tg_store_t *s, const unsigned char id[32], int64_t now, tg_idem_record_t *out,
+                      tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st,
+                   "SELECT request_hash, status, sealed FROM idempotency_keys "
+                   "WHERE id = ? AND expires_at > ?",
+                   &stmt)) {
+    result = sql_error(st, "idempotency", p);
+    goto out;
+  }
+  sqlite3_bind_blob(stmt, 1, id, 32, SQLITE_STATIC);
+  sqlite3_bind_int64(stmt, 2, now);
+  int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_DONE) {
+    result = TG_ENOTFOUND;
+    goto out;
+  }
+  if (rc != SQLITE_ROW) {
+    result = sql_error(st, "idempotency", p);
+    goto out;
+  }
+  size_t len = (size_t)sqlite3_column_bytes(stmt, 2);
+  if (sqlite3_column_bytes(stmt, 0) != 32 || !(out->sealed = malloc(len ? len : 1))) {
+    result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    goto out;
+  }
+  memcpy(out->request_hash, sqlite3_column_blob(stmt, 0), 32);
+  out->status = sqlite3_column_int(stmt, 1);
+  if (len)
+    memcpy(out->sealed, sqlite3_column_blob(stmt, 2), len);
+  out->sealed_len = len;
+out:
+  stmt_release(st, stmt);
+  return result;
+}
+
+static int s_idem_put(tg_store_t *s, const unsigned char id[32], const tg_idem_record_t *rec,
+                      int64_t now, int64_t expires_at, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st,
+                   "INSERT OR REPLACE INTO idempotency_keys "
+                   "(id, request_hash, status, sealed, created_at, expires_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?)",
+                   &stmt)) {
+    result = sql_error(st, "idempotency", p);
+    goto out;
+  }
+  sqlite3_bind_blob(stmt, 1, id, 32, SQLITE_STATIC);
+  sqlite3_bind_blob(stmt, 2, rec->request_hash, 32, SQLITE_STATIC);
+  sqlite3_bind_int(stmt, 3, rec->status);
+  sqlite3_bind_blob(stmt, 4, rec->sealed, (int)rec->sealed_len, SQLITE_STATIC);
+  sqlite3_bind_int64(stmt, 5, now);
+  sqlite3_bind_int64(stmt, 6, expires_at);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, "idempotency", p);
+out:
+  stmt_release(st, stmt);
+  return result;
+}
+
+static int s_idem_purge(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st, "DELETE FROM idempotency_keys WHERE expires_at <= ?", &stmt)) {
+    result = sql_error(st, "idempotency", p);
+    goto out;
+  }
+  sqlite3_bind_int64(stmt, 1, now);
+  if (sqlite3_step(stmt) != SQLITE_DONE) {
+    result = sql_error(st, "idempotency", p);
+    goto out;
+  }
+  if (deleted)
+    *deleted = sqlite3_changes(st->db);
+out:
+  stmt_release(st, stmt);
+  return result;
+}
+
 static const tg_store_vtab_t sqlite_vtab = {
     .name = "sqlite",
     .close = s_close,
@@ -886,4 +1034,7 @@ static const tg_store_vtab_t sqlite_vtab = {
     .changes = s_changes,
     .data_version = s_data_version,
     .backup = s_backup,
+    .idem_get = s_idem_get,
+    .idem_put = s_idem_put,
+    .idem_purge = s_idem_purge,
 };

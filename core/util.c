@@ -4,6 +4,9 @@
  */
 #include "core/util.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
@@ -109,4 +112,68 @@ void tg_time_format(int64_t t, char out[21]) {
   struct tm tm;
   gmtime_r(&tt, &tm);
   strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int tg_addr_resolve(const char *hostport, const char *key, struct sockaddr_storage *out,
+                    unsigned *len, tg_problem_t *p) {
+  char host[256];
+  const char *port, *h = hostport;
+  size_t hl;
+  if (hostport[0] == '[') {
+    const char *rb = strchr(hostport, ']');
+    if (!rb || rb[1] != ':')
+      return tg_problem_set(p, TG_ECONFIG, key, "%s: expected [IPV6]:PORT", hostport);
+    h = hostport + 1;
+    hl = (size_t)(rb - h);
+    port = rb + 2;
+  } else {
+    const char *colon = strrchr(hostport, ':');
+    if (!colon)
+      return tg_problem_set(p, TG_ECONFIG, key, "%s: expected HOST:PORT", hostport);
+    hl = (size_t)(colon - hostport);
+    port = colon + 1;
+  }
+  if (hl == 0 || hl >= sizeof(host))
+    return tg_problem_set(p, TG_ECONFIG, key, "%s: bad host", hostport);
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  struct addrinfo hints = {
+      .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+  struct addrinfo *res = NULL;
+  int rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0 || !res)
+    return tg_problem_set(p, TG_ECONFIG, key, "%s: %s", hostport, gai_strerror(rc));
+  memcpy(out, res->ai_addr, res->ai_addrlen);
+  *len = (unsigned)res->ai_addrlen;
+  freeaddrinfo(res);
+  return TG_OK;
+}
+
+bool tg_addr_is_loopback(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+      return true;
+    return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+void tg_addr_format(const struct sockaddr *sa, char out[64]) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+    snprintf(out, 64, "%s:%u", ip, ntohs(in->sin_port));
+  } else if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+    inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+    snprintf(out, 64, "[%s]:%u", ip, ntohs(in6->sin6_port));
+  } else {
+    snprintf(out, 64, "?");
+  }
 }

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/error.h"
+
 /*
  * True iff s[0..len) is well-formed UTF-8 (RFC 3629: no overlongs, no
  * surrogates, nothing above U+10FFFF) and, when allow_ctl is false, has no
@@ -39,5 +41,22 @@ void tg_id_new(const char *prefix, char out[TG_ID_LEN + 1]);
 
 /* Format unix seconds as RFC 3339 UTC "2026-11-26T12:00:00Z" (21 bytes). */
 void tg_time_format(int64_t t, char out[21]);
+
+struct sockaddr;
+struct sockaddr_storage;
+
+/*
+ * Resolve "HOST:PORT" or "[V6]:PORT" (as a config addr value) into a
+ * socket address for listening: numeric hosts as given, names through
+ * getaddrinfo (first result). TG_OK or TG_ECONFIG naming `key`.
+ */
+int tg_addr_resolve(const char *hostport, const char *key, struct sockaddr_storage *out,
+                    unsigned *len, tg_problem_t *p);
+
+/* True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+bool tg_addr_is_loopback(const struct sockaddr *sa);
+
+/* "127.0.0.1:8001" / "[::1]:8001" for logs; out holds 64 bytes. */
+void tg_addr_format(const struct sockaddr *sa, char out[64]);
 
 #endif

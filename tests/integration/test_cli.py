@@ -135,6 +135,15 @@ def read_bytes(path):
         return f.read()
 
 
+def latest_schema():
+    """The newest schema version this binary knows, from `--version`."""
+    out = subprocess.run([BINARY, "--version"], capture_output=True, text=True,
+                         timeout=30).stdout
+    m = re.search(r"\(schema (\d+)\)", out)
+    assert m, "tollgate --version names no schema: %r" % out
+    return int(m.group(1))
+
+
 def user_version(path):
     con = sqlite3.connect(path)
     try:
@@ -152,25 +161,27 @@ def test_migrate_fresh(c):
     check(os.path.isfile(c.secret), "migrate did not create the secret file %s" % c.secret, r)
     eq(oct(mode_of(c.secret)), oct(0o600), "secret file mode", r)
     eq(oct(mode_of(c.db)), oct(0o600), "db file mode", r)
-    has_re(r.err, r"schema\b.*\b1\b", "migrate stderr mentions schema version 1", r)
+    latest = latest_schema()
+    has_re(r.err, r"schema\b.*\b%d\b" % latest, "migrate stderr names the latest schema", r)
     secret = read_bytes(c.secret)
     check(re.fullmatch(rb"[0-9a-fA-F]{64}\n?", secret) is not None,
           "secret file should be 64 hex chars (+ newline), got %d bytes" % len(secret))
-    eq(user_version(c.db), 1, "PRAGMA user_version after migrate")
+    eq(user_version(c.db), latest, "PRAGMA user_version after migrate")
 
     r2 = c.run("migrate")
     exit_is(r2, 0, "second migrate")
     has(r2.err, "up to date", "second migrate stderr", r2)
     eq(read_bytes(c.secret), secret, "secret file content after second migrate")
     eq(oct(mode_of(c.secret)), oct(0o600), "secret file mode after second migrate")
-    eq(user_version(c.db), 1, "PRAGMA user_version after second migrate")
+    eq(user_version(c.db), latest, "PRAGMA user_version after second migrate")
 
 
 def test_status_after_migrate(c):
     c.migrate()
     r = c.ok("status")
-    has_re(r.out, r"^schema\s+1 \(latest 1\)$", "status schema line", r, re.M)
-    has(r.out, "schema         1 (latest 1)", "status schema line (exact)", r)
+    n = latest_schema()
+    has_re(r.out, r"^schema\s+%d \(latest %d\)$" % (n, n), "status schema line", r, re.M)
+    has(r.out, "schema         %d (latest %d)" % (n, n), "status schema line (exact)", r)
     has_re(r.out, r"^database\s+" + re.escape(c.db) + r"$", "status database line", r, re.M)
     for label in ("apis", "targets", "plans", "developers", "apps", "subscriptions", "keys",
                   "admin_tokens", "sessions", "audit_log"):
@@ -377,7 +388,7 @@ def test_backup(c):
     b_rows, b_version, b_integrity = rows(dest)
     eq([r[1] for r in b_rows], ["alpha", "beta"], "backup admin_tokens names")
     eq(b_rows, src_rows, "backup admin_tokens rows equal the source's")
-    eq(b_version, 1, "backup PRAGMA user_version")
+    eq(b_version, latest_schema(), "backup PRAGMA user_version")
     eq(b_integrity, "ok", "backup PRAGMA integrity_check")
     # the CLI can read the backup as a database
     r = c.ok("status", db=dest)

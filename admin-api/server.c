@@ -1,0 +1,246 @@
+/*
+ * server.c - tollgate-server's main: configuration, the store (migrated on
+ * start), the server secret, the admin API daemon, and a graceful stop.
+ *
+ *   tollgate-server [--config FILE] [--KEY VALUE ...]
+ *   tollgate-server --help | --version | --check-config | --print-routes
+ *
+ * Signals are blocked in every thread and taken by sigwait in main: SIGTERM
+ * or SIGINT stops accepting, lets in-flight requests finish (drain_timeout)
+ * and closes the store cleanly. The admin API listens on loopback unless
+ * TLS is configured or admin_allow_remote is set: a bearer token over
+ * plain HTTP on a network is a leak waiting to happen.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "admin-api/adm.h"
+#include "core/log.h"
+#include "core/tokens.h"
+#include "core/util.h"
+
+#define PEM_MAX (1024 * 1024)
+
+extern char **environ;
+
+/* Read a PEM file (at most PEM_MAX bytes) into a NUL-terminated buffer. */
+static char *read_pem(const char *path, const char *key, tg_problem_t *p) {
+  char *buf = NULL;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    tg_problem_set(p, TG_ECONFIG, key, "cannot open %s: %s", path, strerror(errno));
+    return NULL;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > PEM_MAX) {
+    tg_problem_set(p, TG_ECONFIG, key, "%s is not a PEM file of at most 1 MiB", path);
+    goto out;
+  }
+  buf = malloc((size_t)st.st_size + 1);
+  if (!buf) {
+    tg_problem_set(p, TG_ENOMEM, key, NULL);
+    goto out;
+  }
+  size_t got = 0;
+  while (got < (size_t)st.st_size) {
+    ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+    if (n <= 0) {
+      tg_problem_set(p, TG_ECONFIG, key, "cannot read %s", path);
+      free(buf);
+      buf = NULL;
+      goto out;
+    }
+    got += (size_t)n;
+  }
+  buf[got] = '\0';
+  if (!strstr(buf, "-----BEGIN ")) {
+    tg_problem_set(p, TG_ECONFIG, key, "%s holds no PEM block", path);
+    sodium_memzero(buf, got);
+    free(buf);
+    buf = NULL;
+  }
+out:
+  close(fd);
+  return buf;
+}
+
+static int fail(const tg_problem_t *p, int rc) {
+  fprintf(stderr, "tollgate-server: %s%s%s\n", p->field[0] ? p->field : "", p->field[0] ? ": " : "",
+          p->detail[0] ? p->detail : tg_strerror(rc));
+  return EXIT_FAILURE;
+}
+
+int main(int argc, char **argv) {
+  static adm_server_t srv;
+  tg_config_t *cfg = NULL;
+  tg_problem_t p = {0};
+  tg_cli_t cli = {0};
+  tg_store_t *boot = NULL;
+  char *tls_key = NULL, *tls_cert = NULL;
+  struct sockaddr_storage addr;
+  unsigned addrlen = 0;
+  int rc = EXIT_FAILURE, from = 0, to = 0, port = 0;
+  bool print_routes = false;
+
+  /* --print-routes is ours alone; hide it from the config parser */
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--print-routes") == 0) {
+      print_routes = true;
+      memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof(argv[0]));
+      argc--;
+      break;
+    }
+  if (tg_keys_init() || tg_config_new(&cfg)) {
+    fprintf(stderr, "tollgate-server: cannot initialise\n");
+    return EXIT_FAILURE;
+  }
+  if (tg_config_load(cfg, argc, argv, environ, false, &cli, &p)) {
+    rc = fail(&p, TG_ECONFIG) + 1;
+    goto out;
+  }
+  if (cli.argi < argc) {
+    fprintf(stderr, "tollgate-server: unexpected argument %s (see --help)\n", argv[cli.argi]);
+    rc = 2;
+    goto out;
+  }
+  if (cli.help) {
+    printf("usage: tollgate-server [--config FILE] [--KEY VALUE ...]\n"
+           "       tollgate-server --help | --version | --check-config | --print-routes\n\n"
+           "Runs the admin REST API (default http://127.0.0.1:8001). Settings:\n");
+    tg_config_help(stdout);
+    rc = EXIT_SUCCESS;
+    goto out;
+  }
+  if (cli.version) {
+    printf("tollgate-server %s (schema %d)\n", TOLLGATE_VERSION, tg_store_schema_latest());
+    rc = EXIT_SUCCESS;
+    goto out;
+  }
+  if (print_routes) {
+    adm_routes_print(stdout);
+    rc = EXIT_SUCCESS;
+    goto out;
+  }
+  /* settings that only make sense together */
+  const char *cert = tg_config_str(cfg, "admin_tls_cert"),
+             *key = tg_config_str(cfg, "admin_tls_key");
+  if ((*cert != '\0') != (*key != '\0')) {
+    tg_problem_set(&p, TG_ECONFIG, *cert ? "admin_tls_key" : "admin_tls_cert",
+                   "admin_tls_cert and admin_tls_key go together");
+    rc = fail(&p, TG_ECONFIG);
+    goto out;
+  }
+  if (tg_addr_resolve(tg_config_str(cfg, "admin_listen"), "admin_listen", &addr, &addrlen, &p)) {
+    rc = fail(&p, TG_ECONFIG);
+    goto out;
+  }
+  if (!tg_addr_is_loopback((struct sockaddr *)&addr) && !*cert &&
+      !tg_config_bool(cfg, "admin_allow_remote")) {
+    tg_problem_set(&p, TG_ECONFIG, "admin_listen",
+                   "%s is not a loopback address: configure admin_tls_cert/admin_tls_key, or set "
+                   "admin_allow_remote=true to expose admin tokens over plain HTTP",
+                   tg_config_str(cfg, "admin_listen"));
+    rc = fail(&p, TG_ECONFIG);
+    goto out;
+  }
+  if (cli.check_config) {
+    tg_config_dump(cfg, stdout);
+    rc = EXIT_SUCCESS;
+    goto out;
+  }
+  if (*cert && (!(tls_cert = read_pem(cert, "admin_tls_cert", &p)) ||
+                !(tls_key = read_pem(key, "admin_tls_key", &p)))) {
+    rc = fail(&p, TG_ECONFIG);
+    goto out;
+  }
+  tg_log_setup(tg_config_str(cfg, "log_level"), tg_config_str(cfg, "log_format"),
+               "tollgate-server");
+
+  srv.cfg = cfg;
+  srv.max_body = (size_t)tg_config_int(cfg, "admin_max_body");
+  srv.store_opt.path = tg_config_str(cfg, "db_path");
+  srv.store_opt.busy_timeout_ms = (int)tg_config_int(cfg, "store_busy_timeout");
+  srv.store_opt.mode = TG_STORE_OPEN_MIGRATE;
+  pthread_mutex_init(&srv.stores_lock, NULL);
+  pthread_mutex_init(&srv.write_lock, NULL);
+  atomic_init(&srv.inflight, 0);
+  int err = tg_store_open(&srv.store_opt, &boot, &from, &to, &p);
+  if (!err)
+    err = tg_server_secret(boot, getenv("TOLLGATE_SECRET"), tg_config_str(cfg, "secret_file"), true,
+                           &srv.secret, &p);
+  if (!err)
+    tg_store_idem_purge(boot, tg_now(), NULL, NULL);
+  tg_store_close(boot);
+  if (err) {
+    rc = fail(&p, err);
+    goto out;
+  }
+  if (from != to) {
+    char f[16], t[16];
+    snprintf(f, sizeof(f), "%d", from);
+    snprintf(t, sizeof(t), "%d", to);
+    tg_log(TG_LOG_INFO, "schema migrated", "from", f, "to", t, NULL);
+  }
+  srv.store_opt.mode = TG_STORE_OPEN_CURRENT;
+
+  /* every thread MHD starts inherits this mask; main takes the signals */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  unsigned threads = (unsigned)tg_config_int(cfg, "admin_threads");
+  if (threads == 0)
+    threads = ncpu > 0 ? (unsigned)ncpu : 2;
+  if ((err = adm_start(&srv, (struct sockaddr *)&addr, tls_key, tls_cert, threads, &port, &p))) {
+    rc = fail(&p, err);
+    goto out;
+  }
+  char where[64], url[96], ports[16];
+  if (addr.ss_family == AF_INET)
+    ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
+  tg_addr_format((struct sockaddr *)&addr, where);
+  snprintf(url, sizeof(url), "%s://%s", srv.tls ? "https" : "http", where);
+  snprintf(ports, sizeof(ports), "%d", port);
+  tg_log(TG_LOG_INFO, "admin API listening", "url", url, "port", ports, NULL);
+
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&sigs, &sig) != 0)
+      continue;
+    if (sig == SIGHUP)
+      continue; /* logs go to stderr: nothing to reopen */
+    char name[16];
+    snprintf(name, sizeof(name), "%d", sig);
+    tg_log(TG_LOG_INFO, "stopping", "signal", name, NULL);
+    break;
+  }
+  adm_stop(&srv, tg_config_int(cfg, "drain_timeout"));
+  tg_log(TG_LOG_INFO, "stopped", NULL);
+  rc = EXIT_SUCCESS;
+out:
+  sodium_memzero(&srv.secret, sizeof(srv.secret));
+  if (tls_key) {
+    sodium_memzero(tls_key, strlen(tls_key));
+    free(tls_key);
+  }
+  free(tls_cert);
+  tg_config_free(cfg);
+  return rc;
+}
