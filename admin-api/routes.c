@@ -998,6 +998,18 @@ static bool authenticate(adm_req_t *r) {
   free(r->headers[r->nheaders - 1].value);
   r->nheaders--;
   r->actor = str(r->token, "name");
+  /* last_used_at to the minute: enough for "is this token still in use?",
+   * and at most one small write per token per minute */
+  json_int_t last = json_integer_value(json_object_get(r->token, "last_used_at"));
+  int64_t now = tg_now();
+  if (now - last >= 60) {
+    pthread_mutex_lock(&r->srv->write_lock);
+    tg_problem_t ignore = {0};
+    if (tg_store_touch(r->store, TG_ENT_ADMIN_TOKEN, str(r->token, "id"), "last_used_at", now,
+                       &ignore) == TG_OK)
+      json_object_set_new(r->token, "last_used_at", json_integer(now));
+    pthread_mutex_unlock(&r->srv->write_lock);
+  }
   return true;
 }
 

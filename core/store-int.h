@@ -24,6 +24,8 @@ typedef struct tg_store_vtab {
                     char **out, tg_problem_t *p);
   int (*update)(tg_store_t *s, const tg_entity_desc_t *d, const char *id, const json_t *changes,
                 int64_t if_version, json_t **row, tg_problem_t *p);
+  int (*touch)(tg_store_t *s, const tg_entity_desc_t *d, const char *id, const tg_field_t *f,
+               int64_t value, tg_problem_t *p);
   int (*del)(tg_store_t *s, const tg_entity_desc_t *d, const char *id, int64_t if_version,
              tg_problem_t *p);
   int (*list)(tg_store_t *s, const tg_entity_desc_t *d, const tg_list_query_t *q, json_t **rows,

@@ -117,6 +117,20 @@ int tg_store_update(tg_store_t *s, tg_entity_t ent, const char *id, const json_t
   return s->vt->update(s, d, id, changes, if_version, row, p);
 }
 
+int tg_store_touch(tg_store_t *s, tg_entity_t ent, const char *id, const char *field, int64_t value,
+                   tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  const tg_field_t *f = tg_model_field(d, field);
+  if (!f || !(f->flags & TG_F_SERVER) || f->type != TG_FT_TIME ||
+      strcmp(field, "created_at") == 0 || strcmp(field, "updated_at") == 0)
+    return tg_problem_set(p, TG_EINVAL, field, "%s is not a bookkeeping time of a %s", field,
+                          d->name);
+  int rc = check_id(d, id, p);
+  if (rc)
+    return rc;
+  return s->vt->touch(s, d, id, f, value, p);
+}
+
 int tg_store_delete(tg_store_t *s, tg_entity_t ent, const char *id, int64_t if_version,
                     tg_problem_t *p) {
   const tg_entity_desc_t *d = tg_model_entity(ent);

@@ -96,6 +96,14 @@ int tg_store_get_secret(tg_store_t *s, tg_entity_t ent, const char *id, const ch
 int tg_store_update(tg_store_t *s, tg_entity_t ent, const char *id, const json_t *changes,
                     bool allow_secret, int64_t if_version, json_t **row, tg_problem_t *p);
 
+/*
+ * Set a server-maintained time field (TG_F_SERVER of type TG_FT_TIME, e.g.
+ * an admin token's last_used_at, a key's last_used_day) without bumping
+ * the row's version: it is bookkeeping, not a change of the resource.
+ */
+int tg_store_touch(tg_store_t *s, tg_entity_t ent, const char *id, const char *field, int64_t value,
+                   tg_problem_t *p);
+
 /* Delete one row (if_version > 0: conditional). Rows still referred to
  * give TG_ECONFLICT. */
 int tg_store_delete(tg_store_t *s, tg_entity_t ent, const char *id, int64_t if_version,

@@ -666,6 +666,30 @@ out:
   return result;
 }
 
+static int s_touch(tg_store_t *s, const tg_entity_desc_t *d, const char *id, const tg_field_t *f,
+                   int64_t value, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  int result;
+  sb_add(&b, "UPDATE ");
+  sb_add(&b, d->table);
+  sb_add(&b, " SET ");
+  sb_add(&b, f->name);
+  sb_add(&b, " = ? WHERE id = ?");
+  if ((result = prepare(st, &b, &stmt, p)))
+    goto out;
+  sqlite3_bind_int64(stmt, 1, value);
+  sqlite3_bind_text(stmt, 2, id, -1, SQLITE_TRANSIENT);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, d->name, p);
+  else if (sqlite3_changes(st->db) == 0)
+    result = tg_problem_set(p, TG_ENOTFOUND, "/id", "no %s with id \"%s\"", d->name, id);
+out:
+  stmt_release(st, stmt);
+  return result;
+}
+
 static int s_del(tg_store_t *s, const tg_entity_desc_t *d, const char *id, int64_t if_version,
                  tg_problem_t *p) {
   sql_store_t *st = (sql_store_t *)s;
@@ -1026,6 +1050,7 @@ static const tg_store_vtab_t sqlite_vtab = {
     .get_by = s_get_by,
     .get_secret = s_get_secret,
     .update = s_update,
+    .touch = s_touch,
     .del = s_del,
     .list = s_list,
     .count = s_count,

@@ -705,6 +705,35 @@ TG_TEST(backup_is_a_consistent_copy) {
   cleanup(s);
 }
 
+TG_TEST(touch_sets_bookkeeping_times_without_a_new_version) {
+  tg_store_t *s = fresh();
+  tg_problem_t p = {0};
+  json_t *dev = make_dev(s, "t@b.c"), *app = make_app(s, sid(dev)), *row = NULL;
+  json_t *key =
+      make(s, TG_ENT_KEY,
+           json_pack("{s:s, s:s, s:s}", "app_id", sid(app), "prefix", "tg_live_abcdefgh", "digest",
+                     "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"));
+  ASSERT_INT_EQ(tg_store_touch(s, TG_ENT_KEY, sid(key), "last_used_day", 86400 * 20000, &p), TG_OK);
+  ASSERT_INT_EQ(tg_store_get(s, TG_ENT_KEY, sid(key), &row, &p), TG_OK);
+  ASSERT_INT_EQ(json_integer_value(json_object_get(row, "last_used_day")), 86400 * 20000);
+  ASSERT_INT_EQ(json_integer_value(json_object_get(row, "version")), 1);
+  json_decref(row);
+  /* only server-kept times: not user fields, not created/updated */
+  ASSERT_INT_EQ(tg_store_touch(s, TG_ENT_KEY, sid(key), "expires_at", 5, &p), TG_EINVAL);
+  ASSERT_INT_EQ(tg_store_touch(s, TG_ENT_KEY, sid(key), "created_at", 5, &p), TG_EINVAL);
+  ASSERT_INT_EQ(
+      tg_store_touch(s, TG_ENT_KEY, "key_00000000000000000000000000", "last_used_day", 0, &p),
+      TG_ENOTFOUND);
+  /* the schema still holds: a day must be a whole UTC day */
+  tg_problem_clear(&p);
+  ASSERT_INT_NE(tg_store_touch(s, TG_ENT_KEY, sid(key), "last_used_day", 86400 * 20000 + 1, &p),
+                TG_OK);
+  json_decref(dev);
+  json_decref(app);
+  json_decref(key);
+  cleanup(s);
+}
+
 int main(int argc, char **argv) {
   if (tg_keys_init())
     return 2;
