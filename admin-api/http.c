@@ -134,7 +134,9 @@ void adm_problem(adm_req_t *r, int status, const char *slug, const char *title,
   int kept = 0;
   for (int i = 0; i < r->nheaders; i++) {
     const char *n = r->headers[i].name;
-    if (strcmp(n, "ETag") == 0 || strcmp(n, "Location") == 0 || strcmp(n, "Link") == 0)
+    bool success_only = strcmp(n, "Location") == 0 || strcmp(n, "Link") == 0 ||
+                        (strcmp(n, "ETag") == 0 && status != 412); /* 412 says what is current */
+    if (success_only)
       free(r->headers[i].value);
     else
       r->headers[kept++] = r->headers[i];

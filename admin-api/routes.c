@@ -384,11 +384,30 @@ static void update_row(adm_req_t *r, tg_entity_t ent, json_t *cur, const json_t 
   reply_row(r, 200, collection_of(ent), row);
 }
 
+/* Status changes of these entities carry rules and cascades (lifecycle.h):
+ * they go through the action routes, never a plain PATCH. */
+static const char *status_actions(tg_entity_t ent) {
+  switch (ent) {
+  case TG_ENT_DEVELOPER: return "POST .../approve, .../suspend, .../unsuspend or DELETE";
+  case TG_ENT_APP: return "DELETE";
+  case TG_ENT_SUBSCRIPTION: return "POST .../approve, .../suspend, .../resume or .../cancel";
+  case TG_ENT_KEY: return "POST .../rotate or .../revoke";
+  default: return NULL;
+  }
+}
+
 static void h_patch(adm_req_t *r, const route_t *rt) {
   json_t *cur = load(r, rt->ent, natural_key_of(rt->ent), r->params[0]);
   json_t *body = NULL, *changes = NULL;
   if (!cur || !if_match_ok(r, cur) || !(body = adm_body_object(r, true)))
     goto out;
+  const char *actions = status_actions(rt->ent);
+  if (actions && json_object_get(body, "status")) {
+    tg_problem_t p = {0};
+    tg_problem_add(&p, TG_EINVAL, "/status", "cannot be patched; use %s", actions);
+    adm_fail(r, TG_EINVAL, &p);
+    goto out;
+  }
   if (!(changes = patch_changes(tg_model_entity(rt->ent), cur, body))) {
     adm_fail(r, TG_ENOMEM, NULL);
     goto out;
@@ -411,18 +430,35 @@ static void h_put_api(adm_req_t *r, const route_t *rt) {
       "\"key_query_param\":null,\"max_body_bytes\":10485760,\"portal_visible\":true,"
       "\"openapi\":null}";
   const char *slug = r->params[0];
-  json_t *body = adm_body_object(r, false), *cur = NULL, *state = NULL, *row = NULL;
+  json_t *body = adm_body_object(r, false), *cur = NULL, *state = NULL, *row = NULL, *rename = NULL;
   tg_problem_t p = {0};
   if (!body)
     return;
   const json_t *bslug = json_object_get(body, "slug");
-  if (bslug && (!json_is_string(bslug) || strcmp(json_string_value(bslug), slug) != 0)) {
+  if (bslug && !tg_model_id_valid(slug, "api") &&
+      (!json_is_string(bslug) || strcmp(json_string_value(bslug), slug) != 0)) {
     tg_problem_add(&p, TG_EINVAL, "/slug", "must equal the slug in the path (\"%.63s\")", slug);
     adm_fail(r, TG_EINVAL, &p);
     goto out;
   }
+  /* with an id in the path, a slug in the body renames; else the path's slug rules */
+  rename = tg_model_id_valid(slug, "api") ? json_incref(json_object_get(body, "slug")) : NULL;
   json_object_del(body, "slug");
-  int rc = tg_store_get_by(r->store, TG_ENT_API, "slug", slug, &cur, &p);
+  int rc;
+  if (tg_model_id_valid(slug, "api")) {
+    /* PUT on an existing API by id replaces it; ids are never client-made */
+    if (!(cur = load(r, TG_ENT_API, NULL, slug)))
+      goto out;
+    rc = TG_OK;
+  } else {
+    rc = tg_store_get_by(r->store, TG_ENT_API, "slug", slug, &cur, &p);
+  }
+  if (rc == TG_ENOTFOUND && adm_header_in(r, "If-Match")) {
+    /* RFC 9110 13.1.1: If-Match fails when there is no current resource */
+    adm_problem(r, 412, "precondition-failed", "Precondition failed", NULL,
+                "If-Match given but api \"%.63s\" does not exist", slug);
+    goto out;
+  }
   if (rc == TG_ENOTFOUND) {
     tg_problem_clear(&p);
     json_object_set_new(body, "slug", json_string_nocheck(slug));
@@ -440,7 +476,8 @@ static void h_put_api(adm_req_t *r, const route_t *rt) {
   if (!if_match_ok(r, cur))
     goto out;
   state = json_loads(defaults, 0, NULL);
-  if (!state || json_object_update(state, body)) {
+  if (!state || json_object_update(state, body) ||
+      (rename && json_object_set(state, "slug", rename))) {
     adm_fail(r, TG_ENOMEM, NULL);
     goto out;
   }
@@ -449,6 +486,7 @@ out:
   json_decref(body);
   json_decref(cur);
   json_decref(state);
+  json_decref(rename);
   (void)rt;
 }
 
@@ -609,9 +647,10 @@ static void h_api_openapi_get(adm_req_t *r, const route_t *rt) {
   if (!api)
     return;
   json_t *doc = json_object_get(api, "openapi");
-  if (json_is_object(doc))
+  if (json_is_object(doc)) {
+    set_etag(r, api); /* the API's version: what PUT .../openapi checks */
     adm_json(r, 200, json_incref(doc));
-  else
+  } else
     adm_problem(r, 404, "not-found", "Not found", NULL, "api \"%.80s\" has no OpenAPI document",
                 r->params[0]);
   json_decref(api);
@@ -1146,7 +1185,8 @@ void adm_dispatch(adm_req_t *r) {
                 "%.16s is not allowed here; allowed: %s", r->method, allow);
     return;
   }
-  if (!(r->store = adm_thread_store(r->srv, &p))) {
+  bool needs_store = found->fn != h_openapi && found->fn != h_api_catalog;
+  if (needs_store && !(r->store = adm_thread_store(r->srv, &p))) {
     adm_fail(r, p.code ? p.code : TG_ESTORE, &p);
     return;
   }

@@ -327,6 +327,17 @@ int tg_key_rotate(tg_store_t *s, const tg_secret_t *secret, const char *id, int6
   }
   if ((rc = live_app(s, str(old, "app_id"), NULL, p)))
     goto out;
+  /* a key already rotated lives on in its successor: rotate that one, or
+   * the successor would inherit the grace-period expiry */
+  tg_filter_t succ[2] = {{"app_id", str(old, "app_id")}, {"rotated_from", id}};
+  int64_t successors = 0;
+  if ((rc = tg_store_count(s, TG_ENT_KEY, succ, 2, &successors, p)))
+    goto out;
+  if (successors > 0) {
+    rc = tg_problem_set(p, TG_ECONFLICT, "/id",
+                        "key \"%s\" was already rotated: rotate its successor instead", id);
+    goto out;
+  }
   const char *name = json_string_value(json_object_get(old, "name"));
   if ((rc = tg_key_issue(s, secret, str(old, "app_id"), name, exp, id, new_key, &created, p)))
     goto out;

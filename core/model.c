@@ -295,7 +295,7 @@ static const tg_field_t key_fields[] = {
     {"status", TG_FT_ENUM, TG_F_FILTER, 0, 0, "active|revoked", NULL},
     {"expires_at", TG_FT_TIME, TG_F_NULLABLE, 0, INT64_MAX, NULL, NULL},
     {"last_used_day", TG_FT_TIME, TG_F_NULLABLE | TG_F_SERVER, 0, INT64_MAX, NULL, NULL},
-    {"rotated_from", TG_FT_REF, TG_F_NULLABLE | TG_F_IMMUTABLE, 0, 0, "key", NULL},
+    {"rotated_from", TG_FT_REF, TG_F_NULLABLE | TG_F_IMMUTABLE | TG_F_FILTER, 0, 0, "key", NULL},
     SERVER_FIELDS_TAIL,
 };
 

@@ -13,8 +13,8 @@ packages=(
   node-llhttp
   # the sanitizer build (clang + its ASan/UBSan runtimes) and the format check
   clang libclang-rt-14-dev clang-format
-  # operations
-  sqlite3
+  # operations, the quick start and the tests (TLS certificates, HTTP calls)
+  sqlite3 curl openssl ca-certificates
 )
 
 missing=()
@@ -24,17 +24,41 @@ for p in "${packages[@]}"; do
   fi
 done
 
+# apt-get install the named packages, as root or through sudo.
+apt_install() {
+  local sudo=""
+  echo "deps: installing $*"
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "deps: run as root or install sudo" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#packages[@]} Debian packages present"
-  exit 0
+else
+  apt_install "${missing[@]}"
 fi
 
-echo "deps: installing ${missing[*]}"
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "deps: run as root or install sudo" >&2; exit 1; }
-  sudo="sudo"
+# ---- npm tooling in tools/ (redocly: the lint of admin-api/openapi.json) ------
+# Node comes from Debian (18 on bookworm) unless some node is installed
+# already; tools/package.json pins versions that run on node >= 18.17.
+# `npm ci` runs only when tools/node_modules is missing or older than
+# tools/package-lock.json, so a second run does nothing.
+if ! command -v node >/dev/null; then
+  apt_install nodejs npm
 fi
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+command -v npm >/dev/null || { echo "deps: node is installed but npm is not: install npm" >&2; exit 1; }
+
+tools="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tools"
+if [ ! -d "$tools/node_modules" ] || [ ! -f "$tools/node_modules/.package-lock.json" ] ||
+  [ "$tools/package-lock.json" -nt "$tools/node_modules/.package-lock.json" ]; then
+  echo "deps: npm ci in $tools"
+  (cd "$tools" && SCARF_ANALYTICS=false npm_config_update_notifier=false \
+    npm ci --ignore-scripts --no-audit --no-fund)
+else
+  echo "deps: npm tooling in tools/node_modules up to date"
+fi
