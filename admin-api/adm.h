@@ -60,6 +60,7 @@ typedef struct adm_req {
   char *body;
   size_t body_len, body_cap;
   bool too_big;
+  size_t discarded;  /* body bytes dropped after too_big */
   tg_store_t *store; /* this thread's connection */
   json_t *token;     /* the authenticated admin token's row */
   const char *actor; /* token name, for the audit log */

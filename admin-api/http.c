@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "admin-api/adm.h"
@@ -336,10 +337,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!r->too_big)
       return MHD_YES;
   }
+  if (*upload_size > 0 && r->too_big) {
+    /* A chunked body that outgrew the limit: MHD cannot answer before the
+     * upload ends, so the rest is read and dropped (counted, and cut off
+     * with the connection past 4x the limit) and 413 follows. */
+    r->discarded += *upload_size;
+    *upload_size = 0;
+    return r->discarded > 4 * srv->max_body ? MHD_NO : MHD_YES;
+  }
   if (*upload_size > 0 && !r->too_big) {
     size_t n = *upload_size;
     if (n > srv->max_body - r->body_len) {
       r->too_big = true;
+      free(r->body);
+      r->body = NULL;
+      r->body_len = r->body_cap = 0;
+      r->discarded = n;
+      *upload_size = 0;
+      return MHD_YES;
     } else {
       if (r->body_len + n > r->body_cap) {
         size_t cap = r->body_cap ? r->body_cap : 4096;
@@ -403,8 +418,12 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 
 int adm_start(adm_server_t *srv, const struct sockaddr *addr, const char *tls_key_pem,
               const char *tls_cert_pem, unsigned threads, int *port, tg_problem_t *p) {
-  unsigned flags =
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  /* poll(), not epoll: libmicrohttpd 0.9.75's MHD_quiesce_daemon races its
+   * own epoll workers over removing the listen socket and aborts the
+   * process ("Failed to remove listen FD from epoll set", about 1 stop in
+   * 200 here). With poll the workers rebuild their sets every turn, and an
+   * admin API has few connections. */
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
   if (addr->sa_family == AF_INET6)
     flags |= MHD_USE_IPv6;
   if (tls_key_pem)
@@ -437,9 +456,11 @@ int adm_start(adm_server_t *srv, const struct sockaddr *addr, const char *tls_ke
 void adm_stop(adm_server_t *srv, int64_t drain_ms) {
   if (!srv->daemon)
     return;
+  /* the listen socket is ours after quiescing, but worker threads may
+   * still hold it in their epoll sets: close it only after they stop */
   MHD_socket lfd = MHD_quiesce_daemon(srv->daemon);
   if (lfd != MHD_INVALID_SOCKET)
-    close(lfd);
+    shutdown(lfd, SHUT_RDWR); /* refuse new connections now; fd stays valid */
   int64_t deadline = tg_now_ms() + drain_ms;
   while (atomic_load(&srv->inflight) > 0 && tg_now_ms() < deadline) {
     struct timespec ts = {0, 10 * 1000 * 1000};
@@ -447,6 +468,8 @@ void adm_stop(adm_server_t *srv, int64_t drain_ms) {
   }
   MHD_stop_daemon(srv->daemon);
   srv->daemon = NULL;
+  if (lfd != MHD_INVALID_SOCKET)
+    close(lfd);
   pthread_mutex_lock(&srv->stores_lock);
   for (int i = 0; i < srv->nstores; i++)
     tg_store_close(srv->stores[i]);

@@ -1154,6 +1154,42 @@ static void run_write(adm_req_t *r, const route_t *rt) {
   pthread_mutex_unlock(&r->srv->write_lock);
 }
 
+typedef struct query_check {
+  const char *allowed; /* comma-separated names */
+  const char *bad;
+} query_check_t;
+
+static enum MHD_Result check_query_name(void *cls, enum MHD_ValueKind kind, const char *key,
+                                        const char *value) {
+  query_check_t *q = cls;
+  size_t n = strlen(key);
+  for (const char *a = q->allowed; *a;) {
+    const char *comma = strchr(a, ',');
+    size_t len = comma ? (size_t)(comma - a) : strlen(a);
+    if (len == n && memcmp(a, key, n) == 0)
+      return MHD_YES;
+    a += len + (comma ? 1 : 0);
+  }
+  q->bad = key;
+  return MHD_NO;
+}
+
+/* Lists check their own filters; every other route takes only the query
+ * parameters it documents, so a typo (?dryrun=true) is an error rather
+ * than a silent real import. */
+static bool query_allowed(adm_req_t *r, const route_t *rt) {
+  if (rt->fn == h_list || rt->fn == h_targets_list)
+    return true;
+  query_check_t q = {.allowed = rt->fn == h_config_import ? "dry_run,prune" : "", .bad = NULL};
+  MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, check_query_name, &q);
+  if (!q.bad)
+    return true;
+  adm_problem(r, 400, "invalid-query", "Invalid query parameter", NULL,
+              "unknown query parameter \"%.64s\" for %s %s%s%s", q.bad, rt->method, rt->pattern,
+              q.allowed[0] ? " (allowed: " : "", q.allowed[0] ? "dry_run, prune)" : "");
+  return false;
+}
+
 void adm_dispatch(adm_req_t *r) {
   tg_problem_t p = {0};
   const char *method = strcmp(r->method, "HEAD") == 0 ? "GET" : r->method;
@@ -1200,6 +1236,8 @@ void adm_dispatch(adm_req_t *r) {
       return;
     }
   }
+  if (!query_allowed(r, found))
+    return;
   if (strcmp(method, "GET") == 0)
     found->fn(r, found);
   else
