@@ -2,9 +2,11 @@
 # Quick start: install what is missing, build, migrate ./tollgate.db and
 # start the platform on it with a demo API registered.
 #
-# Running now: tollgate-server's admin REST API on http://127.0.0.1:8001
-# (override with TOLLGATE_ADMIN_LISTEN). The gateway and the developer
-# portal join this script as they land. Ctrl-C stops everything cleanly.
+# Running: tollgate-server's admin REST API on http://127.0.0.1:8001
+# (TOLLGATE_ADMIN_LISTEN), tollgate-gateway on http://127.0.0.1:8000
+# (TOLLGATE_GATEWAY_LISTEN; status on 127.0.0.1:8100) and a demo upstream
+# on 127.0.0.1:8090 behind the demo API. The developer portal joins as it
+# lands. Ctrl-C stops everything cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,19 +16,22 @@ scripts/build.sh
 export TOLLGATE_DB_PATH=${TOLLGATE_DB_PATH:-$PWD/tollgate.db}
 export TOLLGATE_SECRET_FILE=${TOLLGATE_SECRET_FILE:-$PWD/tollgate.secret}
 export TOLLGATE_ADMIN_LISTEN=${TOLLGATE_ADMIN_LISTEN:-127.0.0.1:8001}
+export TOLLGATE_GATEWAY_LISTEN=${TOLLGATE_GATEWAY_LISTEN:-127.0.0.1:8000}
+DEMO_UPSTREAM=${DEMO_UPSTREAM:-127.0.0.1:8090}
 cli=build/cli/tollgate
 
 $cli migrate
 name="quickstart-$(date -u +%Y%m%d%H%M%S)-$$"
 token=$($cli admin-token create --name "$name" --scopes read,write,keys,reports,admin)
 
-log=$(mktemp /tmp/tollgate-server.XXXXXX.log)
-build/admin-api/tollgate-server --log-format text 2> >(tee "$log" >&2) &
+build/admin-api/tollgate-server --log-format text &
 server=$!
+build/tests/tollgate-test-upstream --listen "$DEMO_UPSTREAM" --name demo >/dev/null &
+upstream=$!
+gateway=
 stop() {
-  kill -TERM "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
-  rm -f "$log"
+  kill -TERM $gateway "$server" "$upstream" 2>/dev/null || true
+  wait 2>/dev/null || true
 }
 trap stop EXIT
 trap 'exit 0' INT TERM
@@ -47,11 +52,21 @@ api=$(curl -fsS -X PUT "${auth[@]}" "$admin/apis/demo" -d '{
   "strip_prefix": true
 }')
 api_id=$(printf '%s' "$api" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+# the demo API's upstream: an echo server (tests/integration/upstream.c)
+curl -sS -o /dev/null "${auth[@]}" "$admin/apis/demo/targets" -d "{\"url\":\"http://$DEMO_UPSTREAM\"}" || true
 for plan in \
   '{"slug":"free","name":"Free","rate_per_second":5,"quota_per_day":1000}' \
   '{"slug":"pro","name":"Pro","rate_per_second":100,"quota_per_month":1000000,"monthly_fee_minor":4900,"included_calls":100000,"overage_price_micros":50000,"currency":"USD","requires_approval":true}'; do
   body=$(printf '%s' "$plan" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["api_id"]=sys.argv[1]; print(json.dumps(d))' "$api_id")
   curl -sS -o /dev/null "${auth[@]}" "$admin/plans" -d "$body" || true
+done
+
+build/gateway/tollgate-gateway --log-format text &
+gateway=$!
+gw=http://$TOLLGATE_GATEWAY_LISTEN
+for _ in $(seq 100); do
+  curl -fsS "http://127.0.0.1:8100/health" >/dev/null 2>&1 && break
+  sleep 0.1
 done
 
 cat <<MSG
@@ -61,8 +76,10 @@ Tollgate is running.
   Admin token $token
               (shown once; more with: $cli admin-token create --name NAME --scopes read,write)
   Try         curl -H "Authorization: Bearer $token" $admin/apis
+  Gateway     $gw   (status: http://127.0.0.1:8100/health, /metrics)
+  Call it     curl $gw/demo/echo
   Database    $TOLLGATE_DB_PATH
 
 Press Ctrl-C to stop.
 MSG
-wait "$server"
+wait -n "$server" "$gateway" "$upstream" || true

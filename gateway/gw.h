@@ -1,0 +1,139 @@
+/*
+ * gw.h - tollgate-gateway's shared types: the configuration snapshot the
+ * workers read, the router over it, and the process-wide state.
+ *
+ * Threads:
+ *   - N workers, each with its own epoll loop, SO_REUSEPORT listener,
+ *     connections and upstream pools; no locks and no SQLite on the
+ *     request path;
+ *   - one config thread: loads the snapshot from the store at start and
+ *     rebuilds it when the store changes (PRAGMA data_version, then the
+ *     change log), publishing it with an atomic pointer swap;
+ *   - one status thread: /health and /metrics on status_listen.
+ *
+ * Snapshot lifetime (a simple epoch scheme): workers read `current` once
+ * per loop turn and publish the generation they hold; the config thread
+ * frees an old snapshot only when every worker holds a newer generation,
+ * so a snapshot is never freed under a request that uses it.
+ */
+#ifndef GW_H
+#define GW_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/config.h"
+#include "gateway/http1.h"
+
+#define GW_MAX_WORKERS 256
+#define GW_ID_LEN      30
+
+typedef struct gw_target {
+  char id[GW_ID_LEN + 1];
+  char host[256];        /* as in the URL (names, IPv4, IPv6 without []) */
+  char host_header[280]; /* Host sent upstream: host[:port] as in the URL */
+  char base_path[1024];  /* the URL's path without a trailing '/', or "" */
+  uint16_t port;
+  bool https;
+  int weight;
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  bool resolved;
+} gw_target_t;
+
+typedef struct gw_route {
+  char api_id[GW_ID_LEN + 1];
+  char slug[64];
+  char **hosts; /* lowercase; "*.example.com" wildcards; none = any host */
+  int nhosts;
+  char *prefix; /* normalised path prefix, "/" matches everything */
+  size_t prefix_len;
+  unsigned methods; /* bit (1 << gw_method_t); 0 = any */
+  bool strip_prefix;
+  int connect_ms, read_ms, write_ms, retries;
+  int64_t max_body;
+  gw_target_t *targets;
+  int ntargets;
+  int total_weight;
+} gw_route_t;
+
+typedef struct gw_snapshot {
+  uint64_t gen;
+  gw_route_t *routes; /* sorted: longest prefix first, then host-specific */
+  int nroutes;
+} gw_snapshot_t;
+
+/* Build a snapshot from the store (config thread only). */
+struct tg_store;
+int gw_snapshot_load(struct tg_store *store, uint64_t gen, gw_snapshot_t **out, char *err,
+                     size_t errlen);
+void gw_snapshot_free(gw_snapshot_t *snap);
+
+/*
+ * Normalise a request path for routing (RFC 3986 6.2.2): decode %XX of
+ * unreserved characters, upper-case other escapes, and remove dot segments
+ * (5.2.4). An encoded slash (%2F) stays encoded, so it can never create a
+ * segment, and a path that climbs above the root is refused: "/a/../admin"
+ * becomes "/admin", "/%2e%2e/x" and "/../x" are errors. out holds at least
+ * len + 1 bytes. Returns the new length, or -1 for a path to refuse (400).
+ */
+long gw_path_normalise(const char *path, size_t len, char *out);
+
+/* The route for host (may be NULL), normalised path and method, or NULL. */
+const gw_route_t *gw_route_match(const gw_snapshot_t *snap, const char *host, size_t host_len,
+                                 const char *path, size_t path_len, gw_method_t method,
+                                 bool *method_mismatch);
+
+/* Process-wide counters, summed over workers for /metrics. */
+#define GW_LAT_BUCKETS 15 /* OpenTelemetry HTTP buckets, seconds */
+typedef struct gw_stats {
+  _Atomic uint64_t requests[6];       /* by status class 0 (none) .. 5 */
+  _Atomic uint64_t gateway_errors[8]; /* 400,404,405,408,413,414,431,5xx gateway-made */
+  _Atomic uint64_t upstream_errors;   /* connect/reset/timeouts/bad responses */
+  _Atomic uint64_t bytes_in, bytes_out;
+  _Atomic uint64_t latency_bucket[GW_LAT_BUCKETS + 1];
+  _Atomic uint64_t latency_sum_us;
+  _Atomic uint64_t connections_open;
+  _Atomic uint64_t connections_total;
+} gw_stats_t;
+
+typedef struct gw_server {
+  const tg_config_t *cfg;
+  int nworkers;
+  struct gw_worker *workers[GW_MAX_WORKERS];
+  _Atomic(gw_snapshot_t *) current;
+  atomic_bool stopping;
+  atomic_int live_connections;
+  gw_limits_t limits;
+  int header_timeout_ms, body_timeout_ms, idle_timeout_ms;
+  int max_connections, pool_size;
+  bool trust_forwarded;
+  struct sockaddr_storage listen_addr;
+  socklen_t listen_addrlen;
+  uint16_t port;     /* bound port */
+  int access_log_fd; /* -1: off */
+  gw_stats_t stats;
+  int64_t started_ms;
+  atomic_bool ready; /* a snapshot is loaded */
+} gw_server_t;
+
+/* workers (worker.c) */
+int gw_workers_start(gw_server_t *srv, char *err, size_t errlen);
+void gw_workers_stop(gw_server_t *srv, int64_t drain_ms);
+/* Sum of every worker's counters (for /metrics). */
+void gw_stats_sum(gw_server_t *srv, gw_stats_t *out);
+/* Lowest snapshot generation any worker still holds. */
+uint64_t gw_workers_min_gen(gw_server_t *srv);
+
+/* status endpoint (status.c) */
+int gw_status_start(gw_server_t *srv, const struct sockaddr *addr, socklen_t len, char *err,
+                    size_t errlen);
+void gw_status_stop(void);
+/* The port status_listen is bound to (useful with port 0). */
+int gw_status_port(void);
+
+#endif

@@ -1,0 +1,280 @@
+/*
+ * main.c - tollgate-gateway: configuration, the config thread that keeps
+ * the routing snapshot current, the workers, the status endpoint, and a
+ * graceful stop.
+ *
+ *   tollgate-gateway [--config FILE] [--KEY VALUE ...]
+ *   tollgate-gateway --help | --version | --check-config
+ *
+ * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (up to
+ * drain_timeout), then exit. SIGHUP: reopen the access log file.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/keys.h"
+#include "core/log.h"
+#include "core/store.h"
+#include "core/util.h"
+#include "gateway/gw.h"
+
+extern char **environ;
+
+static gw_server_t srv;
+static tg_store_t *store;
+static pthread_t config_thread;
+static atomic_bool config_stop;
+static int poll_ms;
+
+/* Snapshots replaced but perhaps still held by a worker. */
+#define RETIRED_MAX 64
+static gw_snapshot_t *retired[RETIRED_MAX];
+static int nretired;
+
+static void retire_done(void) {
+  uint64_t min = gw_workers_min_gen(&srv);
+  int kept = 0;
+  for (int i = 0; i < nretired; i++) {
+    if (retired[i]->gen < min)
+      gw_snapshot_free(retired[i]);
+    else
+      retired[kept++] = retired[i];
+  }
+  nretired = kept;
+}
+
+static int reload(uint64_t gen) {
+  char err[256];
+  gw_snapshot_t *snap = NULL;
+  if (gw_snapshot_load(store, gen, &snap, err, sizeof(err)) != 0) {
+    tg_log(TG_LOG_ERROR, "config reload failed", "error", err, NULL);
+    return -1;
+  }
+  gw_snapshot_t *old = atomic_exchange(&srv.current, snap);
+  if (old) {
+    if (nretired == RETIRED_MAX) {
+      /* workers stuck for 64 reloads cannot happen while they run their
+       * loops; wait for them rather than free under them */
+      while (gw_workers_min_gen(&srv) <= retired[0]->gen && !atomic_load(&config_stop)) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+      }
+      retire_done();
+    }
+    retired[nretired++] = old;
+  }
+  char g[24], n[16];
+  snprintf(g, sizeof(g), "%llu", (unsigned long long)gen);
+  snprintf(n, sizeof(n), "%d", snap->nroutes);
+  tg_log(TG_LOG_INFO, "config loaded", "generation", g, "routes", n, NULL);
+  return 0;
+}
+
+typedef struct change_scan {
+  bool routing;
+} change_scan_t;
+
+static int scan_change(const tg_change_t *c, void *ctx) {
+  change_scan_t *s = ctx;
+  if (strcmp(c->entity, "api") == 0 || strcmp(c->entity, "target") == 0)
+    s->routing = true;
+  return 0;
+}
+
+static void *config_main(void *arg) {
+  (void)arg;
+  int64_t version = 0, last_seq = 0;
+  uint64_t gen = atomic_load(&srv.current) ? atomic_load(&srv.current)->gen : 1;
+  tg_store_data_version(store, &version);
+  /* start from the end of the change log: the first snapshot has it all */
+  for (;;) {
+    int64_t before = last_seq;
+    change_scan_t s = {0};
+    if (tg_store_changes(store, last_seq, 10000, scan_change, &s, &last_seq, NULL) != TG_OK ||
+        last_seq == before)
+      break;
+  }
+  while (!atomic_load(&config_stop)) {
+    struct timespec ts = {poll_ms / 1000, (long)(poll_ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+    retire_done();
+    int64_t v = 0;
+    if (tg_store_data_version(store, &v) != TG_OK || v == version)
+      continue; /* nobody committed: the cheap check is enough */
+    version = v;
+    change_scan_t s = {0};
+    int64_t seq = last_seq;
+    for (;;) {
+      int64_t before = seq;
+      if (tg_store_changes(store, seq, 10000, scan_change, &s, &seq, NULL) != TG_OK ||
+          seq == before)
+        break;
+    }
+    last_seq = seq;
+    if (s.routing)
+      reload(++gen);
+  }
+  return NULL;
+}
+
+static int open_access_log(const char *where) {
+  if (strcmp(where, "off") == 0)
+    return -1;
+  if (strcmp(where, "stdout") == 0)
+    return STDOUT_FILENO;
+  return open(where, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+}
+
+static int fail(const char *key, const char *msg) {
+  fprintf(stderr, "tollgate-gateway: %s%s%s\n", key ? key : "", key ? ": " : "", msg);
+  return EXIT_FAILURE;
+}
+
+int main(int argc, char **argv) {
+  tg_config_t *cfg = NULL;
+  tg_problem_t p = {0};
+  tg_cli_t cli = {0};
+  int rc = EXIT_FAILURE;
+  char err[256];
+  struct sockaddr_storage status_addr;
+  unsigned len = 0, slen = 0;
+
+  if (tg_keys_init() || tg_config_new(&cfg))
+    return fail(NULL, "cannot initialise");
+  if (tg_config_load(cfg, argc, argv, environ, false, &cli, &p)) {
+    fail(p.field, p.detail);
+    rc = 2;
+    goto out;
+  }
+  if (cli.argi < argc) {
+    fprintf(stderr, "tollgate-gateway: unexpected argument %s (see --help)\n", argv[cli.argi]);
+    rc = 2;
+    goto out;
+  }
+  if (cli.help) {
+    printf("usage: tollgate-gateway [--config FILE] [--KEY VALUE ...]\n"
+           "       tollgate-gateway --help | --version | --check-config\n\n"
+           "The data plane: routes API calls to upstreams (default :8000), status on\n"
+           "127.0.0.1:8100 (/health, /metrics). Settings:\n");
+    tg_config_help(stdout);
+    rc = EXIT_SUCCESS;
+    goto out;
+  }
+  if (cli.version) {
+    printf("tollgate-gateway %s (schema %d)\n", TOLLGATE_VERSION, tg_store_schema_latest());
+    rc = EXIT_SUCCESS;
+    goto out;
+  }
+  if (tg_addr_resolve(tg_config_str(cfg, "gateway_listen"), "gateway_listen", &srv.listen_addr,
+                      &len, &p) ||
+      tg_addr_resolve(tg_config_str(cfg, "status_listen"), "status_listen", &status_addr, &slen,
+                      &p)) {
+    fail(p.field, p.detail);
+    goto out;
+  }
+  srv.listen_addrlen = len;
+  if (cli.check_config) {
+    tg_config_dump(cfg, stdout);
+    rc = EXIT_SUCCESS;
+    goto out;
+  }
+  tg_log_setup(tg_config_str(cfg, "log_level"), tg_config_str(cfg, "log_format"),
+               "tollgate-gateway");
+  srv.cfg = cfg;
+  srv.limits.max_line = (size_t)tg_config_int(cfg, "gateway_max_line");
+  srv.limits.max_head = (size_t)tg_config_int(cfg, "gateway_max_head");
+  srv.limits.max_headers = (unsigned)tg_config_int(cfg, "gateway_max_headers");
+  srv.header_timeout_ms = (int)tg_config_int(cfg, "gateway_header_timeout");
+  srv.body_timeout_ms = (int)tg_config_int(cfg, "gateway_body_timeout");
+  srv.idle_timeout_ms = (int)tg_config_int(cfg, "gateway_idle_timeout");
+  srv.max_connections = (int)tg_config_int(cfg, "gateway_max_connections");
+  srv.pool_size = (int)tg_config_int(cfg, "gateway_pool_size");
+  srv.trust_forwarded = tg_config_bool(cfg, "gateway_trust_forwarded");
+  poll_ms = (int)tg_config_int(cfg, "config_poll_interval");
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  srv.nworkers = (int)tg_config_int(cfg, "gateway_workers");
+  if (srv.nworkers == 0)
+    srv.nworkers = ncpu > 0 ? (int)(ncpu > GW_MAX_WORKERS ? GW_MAX_WORKERS : ncpu) : 1;
+  srv.access_log_fd = open_access_log(tg_config_str(cfg, "access_log"));
+  if (srv.access_log_fd == -1 && strcmp(tg_config_str(cfg, "access_log"), "off") != 0) {
+    fail("access_log", strerror(errno));
+    goto out;
+  }
+  tg_store_options_t opt = {.path = tg_config_str(cfg, "db_path"),
+                            .busy_timeout_ms = (int)tg_config_int(cfg, "store_busy_timeout"),
+                            .mode = TG_STORE_OPEN_CURRENT};
+  if (tg_store_open(&opt, &store, NULL, NULL, &p)) {
+    fail(p.field, p.detail);
+    goto out;
+  }
+  if (reload(1) != 0) {
+    fail(NULL, "cannot load the configuration from the store");
+    goto out;
+  }
+  atomic_store(&srv.ready, true);
+
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (gw_workers_start(&srv, err, sizeof(err)) != 0) {
+    fail("gateway_listen", err);
+    goto out;
+  }
+  if (gw_status_start(&srv, (struct sockaddr *)&status_addr, slen, err, sizeof(err)) != 0) {
+    fail("status_listen", err);
+    goto out;
+  }
+  if (pthread_create(&config_thread, NULL, config_main, NULL) != 0) {
+    fail(NULL, "cannot start the config thread");
+    goto out;
+  }
+  char port[16], sport[16], workers[16];
+  snprintf(port, sizeof(port), "%u", srv.port);
+  snprintf(sport, sizeof(sport), "%d", gw_status_port());
+  snprintf(workers, sizeof(workers), "%d", srv.nworkers);
+  tg_log(TG_LOG_INFO, "gateway listening", "port", port, "status_port", sport, "workers", workers,
+         NULL);
+
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&sigs, &sig) != 0)
+      continue;
+    if (sig == SIGHUP) {
+      const char *where = tg_config_str(cfg, "access_log");
+      if (srv.access_log_fd > STDERR_FILENO) {
+        int fd = open_access_log(where);
+        if (fd >= 0) {
+          /* swap in place: workers keep writing to the same descriptor number */
+          dup2(fd, srv.access_log_fd);
+          close(fd);
+        }
+      }
+      tg_log(TG_LOG_INFO, "access log reopened", NULL);
+      continue;
+    }
+    tg_log(TG_LOG_INFO, "stopping", NULL);
+    break;
+  }
+  gw_workers_stop(&srv, tg_config_int(cfg, "drain_timeout"));
+  atomic_store(&config_stop, true);
+  pthread_join(config_thread, NULL);
+  gw_status_stop();
+  tg_log(TG_LOG_INFO, "stopped", NULL);
+  rc = EXIT_SUCCESS;
+out:
+  tg_store_close(store);
+  tg_config_free(cfg);
+  return rc;
+}

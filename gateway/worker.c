@@ -1,0 +1,1741 @@
+/*
+ * worker.c - the gateway's data plane: one thread per worker, each with
+ * its own epoll loop (edge-triggered), SO_REUSEPORT listener, client
+ * connections, upstream keep-alive pools and timer heap. No locks and no
+ * store access on the request path.
+ *
+ * A client connection runs one request at a time (pipelined requests wait
+ * in its read buffer, so responses leave in order):
+ *
+ *   HEAD ──parse/route──▶ UPSTREAM (connect, send head+body, read head)
+ *     ▲                        │
+ *     │                        ▼
+ *     └──── keep-alive ◀─── BODY (stream response) ──▶ close
+ *
+ * Readiness is tracked in flags (rd/wr ready) because epoll is
+ * edge-triggered; pump() makes all the progress it can and stops on
+ * EAGAIN or back-pressure (a full buffer on the other side). Memory per
+ * connection is bounded: rx grows to max_head at most, tx and utx are
+ * fixed (GW_IO_BUF) and bodies stream through them.
+ *
+ * Ownership: a connection is freed only by conn_close(), never while a
+ * pump() for it is on the stack (closing sets a flag; the loop frees it).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "gateway/gw.h"
+
+#define GW_IO_BUF   (16 * 1024)
+#define GW_EVENTS   256
+#define GW_LOG_BUF  (64 * 1024)
+#define GW_PATH_MAX 8192
+
+enum { K_LISTEN = 1, K_CLIENT, K_UP, K_WAKE };
+
+enum {
+  S_HEAD,     /* reading a request head */
+  S_UPSTREAM, /* connecting / sending the request / awaiting the response head */
+  S_BODY,     /* streaming the response body */
+  S_FLUSH,    /* writing a response we made ourselves */
+};
+
+typedef struct gw_buf {
+  char *data;
+  size_t start, end, cap;
+} gw_buf_t;
+
+typedef struct gw_tstate gw_tstate_t;
+typedef struct gw_conn gw_conn_t;
+typedef struct gw_worker gw_worker_t;
+
+typedef struct gw_upconn {
+  uint8_t kind;
+  int fd;
+  gw_tstate_t *ts;
+  gw_conn_t *owner; /* NULL while idle in the pool */
+  struct gw_upconn *next, *prev;
+  int64_t idle_since;
+  bool connected, rd_ready, wr_ready, reused;
+  gw_buf_t rx;
+} gw_upconn_t;
+
+/* Per worker, per upstream target: pool, balancing, passive health. */
+struct gw_tstate {
+  char id[GW_ID_LEN + 1];
+  gw_upconn_t *idle; /* doubly linked */
+  int nidle;
+  int current_weight; /* smooth weighted round robin */
+  int failures;       /* consecutive */
+  int64_t down_until; /* ms; passive health cool-down */
+  gw_tstate_t *hnext; /* hash chain */
+};
+
+struct gw_conn {
+  uint8_t kind;
+  int fd;
+  gw_worker_t *w;
+  int state;
+  bool rd_ready, wr_ready, rd_eof, closing, close_after;
+  int heap_index;
+  int64_t deadline;
+  int deadline_status; /* 408 (client) or 504 (upstream) when it fires */
+  gw_buf_t rx, tx, utx;
+  /* the request in flight */
+  gw_request_head_t req;
+  const gw_route_t *route;
+  const gw_target_t *target;
+  gw_upconn_t *up;
+  int retries_left;
+  bool req_chunked, req_sent_all, resp_started, client_keep_alive;
+  int64_t req_body_left; /* CL bytes still to forward */
+  int64_t req_body_total;
+  gw_chunked_t req_dec;
+  bool req_dec_done;
+  /* the response */
+  gw_method_t method;
+  int status;
+  int resp_mode; /* 0 none, 1 length, 2 chunked->chunked, 3 close->chunked, 4 close->close */
+  int64_t resp_left;
+  gw_chunked_t resp_dec;
+  bool resp_done;
+  int64_t bytes_in, bytes_out;
+  int64_t started_ms;
+  char request_id[65];
+  char path_log[256];
+  char client_ip[INET6_ADDRSTRLEN];
+};
+
+struct gw_worker {
+  gw_server_t *srv;
+  gw_stats_t stats; /* this worker's counters: no cache line shared on the hot path */
+  int index;
+  pthread_t thread;
+  int ep, lfd, wakefd;
+  uint8_t listen_kind, wake_kind;
+  atomic_uint_fast64_t gen; /* snapshot generation this worker holds */
+  gw_snapshot_t *snap;
+  gw_conn_t **heap;
+  int nheap, capheap;
+  gw_tstate_t *tbuckets[256];
+  int nconns;
+  bool draining;
+  char logbuf[GW_LOG_BUF];
+  size_t loglen;
+  uint64_t rng;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t rng_next(gw_worker_t *w) {
+  /* xorshift64*: request ids and parent ids need uniqueness, not secrecy */
+  uint64_t x = w->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  w->rng = x;
+  return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void hex64(uint64_t v, char *out) {
+  static const char hx[] = "0123456789abcdef";
+  for (int i = 15; i >= 0; i--, v >>= 4)
+    out[i] = hx[v & 15];
+}
+
+static bool buf_init(gw_buf_t *b, size_t cap) {
+  if (b->data)
+    return true;
+  b->data = malloc(cap);
+  b->cap = b->data ? cap : 0;
+  b->start = b->end = 0;
+  return b->data != NULL;
+}
+
+static void buf_free(gw_buf_t *b) {
+  free(b->data);
+  memset(b, 0, sizeof(*b));
+}
+
+static size_t buf_len(const gw_buf_t *b) {
+  return b->end - b->start;
+}
+
+static size_t buf_space(gw_buf_t *b) {
+  if (b->start > 0 && b->start == b->end)
+    b->start = b->end = 0;
+  if (b->end == b->cap && b->start > 0) {
+    memmove(b->data, b->data + b->start, b->end - b->start);
+    b->end -= b->start;
+    b->start = 0;
+  }
+  return b->cap - b->end;
+}
+
+static bool buf_put(gw_buf_t *b, const void *p, size_t n) {
+  if (buf_space(b) < n)
+    return false;
+  memcpy(b->data + b->end, p, n);
+  b->end += n;
+  return true;
+}
+
+static bool buf_puts(gw_buf_t *b, const char *s) {
+  return buf_put(b, s, strlen(s));
+}
+
+/* ---- timers: a min-heap of connection deadlines ------------------------- */
+
+static void heap_swap(gw_worker_t *w, int a, int b) {
+  gw_conn_t *t = w->heap[a];
+  w->heap[a] = w->heap[b];
+  w->heap[b] = t;
+  w->heap[a]->heap_index = a;
+  w->heap[b]->heap_index = b;
+}
+
+static void heap_up(gw_worker_t *w, int i) {
+  while (i > 0) {
+    int p = (i - 1) / 2;
+    if (w->heap[p]->deadline <= w->heap[i]->deadline)
+      break;
+    heap_swap(w, p, i);
+    i = p;
+  }
+}
+
+static void heap_down(gw_worker_t *w, int i) {
+  for (;;) {
+    int l = 2 * i + 1, r = l + 1, m = i;
+    if (l < w->nheap && w->heap[l]->deadline < w->heap[m]->deadline)
+      m = l;
+    if (r < w->nheap && w->heap[r]->deadline < w->heap[m]->deadline)
+      m = r;
+    if (m == i)
+      return;
+    heap_swap(w, i, m);
+    i = m;
+  }
+}
+
+static void timer_cancel(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  int i = c->heap_index;
+  if (i < 0)
+    return;
+  w->nheap--;
+  if (i != w->nheap) {
+    w->heap[i] = w->heap[w->nheap];
+    w->heap[i]->heap_index = i;
+    heap_down(w, i);
+    heap_up(w, i);
+  }
+  c->heap_index = -1;
+}
+
+static void timer_set(gw_conn_t *c, int ms, int status) {
+  gw_worker_t *w = c->w;
+  c->deadline = now_ms() + ms;
+  c->deadline_status = status;
+  if (c->heap_index >= 0) {
+    heap_down(w, c->heap_index);
+    heap_up(w, c->heap_index);
+    return;
+  }
+  if (w->nheap == w->capheap) {
+    int cap = w->capheap ? w->capheap * 2 : 1024;
+    gw_conn_t **h = realloc(w->heap, sizeof(*h) * (size_t)cap);
+    if (!h)
+      return; /* no timer: the connection still ends on EOF or error */
+    w->heap = h;
+    w->capheap = cap;
+  }
+  c->heap_index = w->nheap;
+  w->heap[w->nheap++] = c;
+  heap_up(w, c->heap_index);
+}
+
+/* ---- upstream target state ------------------------------------------------ */
+
+static unsigned id_hash(const char *id) {
+  unsigned h = 2166136261u;
+  for (; *id; id++)
+    h = (h ^ (unsigned char)*id) * 16777619u;
+  return h & 255;
+}
+
+static gw_tstate_t *tstate(gw_worker_t *w, const char *id) {
+  unsigned b = id_hash(id);
+  for (gw_tstate_t *t = w->tbuckets[b]; t; t = t->hnext)
+    if (strcmp(t->id, id) == 0)
+      return t;
+  gw_tstate_t *t = calloc(1, sizeof(*t));
+  if (!t)
+    return NULL;
+  snprintf(t->id, sizeof(t->id), "%s", id);
+  t->hnext = w->tbuckets[b];
+  w->tbuckets[b] = t;
+  return t;
+}
+
+/* Smooth weighted round robin (as nginx): over healthy targets only. */
+static const gw_target_t *pick_target(gw_worker_t *w, const gw_route_t *r,
+                                      const gw_target_t *avoid) {
+  const gw_target_t *best = NULL;
+  gw_tstate_t *best_ts = NULL;
+  int total = 0;
+  int64_t now = now_ms();
+  for (int i = 0; i < r->ntargets; i++) {
+    const gw_target_t *t = &r->targets[i];
+    gw_tstate_t *ts = tstate(w, t->id);
+    if (!ts || !t->resolved || ts->down_until > now || (t == avoid && r->ntargets > 1))
+      continue;
+    ts->current_weight += t->weight;
+    total += t->weight;
+    if (!best || ts->current_weight > best_ts->current_weight) {
+      best = t;
+      best_ts = ts;
+    }
+  }
+  if (best_ts)
+    best_ts->current_weight -= total;
+  return best;
+}
+
+static void target_failed(gw_worker_t *w, const gw_target_t *t) {
+  gw_tstate_t *ts = tstate(w, t->id);
+  if (!ts)
+    return;
+  /* 3 consecutive failures take a target out for 10 s (passive health) */
+  if (++ts->failures >= 3) {
+    ts->down_until = now_ms() + 10000;
+    ts->failures = 0;
+  }
+  atomic_fetch_add_explicit(&w->stats.upstream_errors, 1, memory_order_relaxed);
+}
+
+static void target_ok(gw_worker_t *w, const gw_target_t *t) {
+  gw_tstate_t *ts = tstate(w, t->id);
+  if (ts)
+    ts->failures = 0;
+}
+
+/* ---- connections ------------------------------------------------------- */
+
+static void ep_add(gw_worker_t *w, int fd, void *tag, uint32_t events) {
+  struct epoll_event ev = {.events = events, .data.ptr = tag};
+  epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void up_close(gw_worker_t *w, gw_upconn_t *u) {
+  if (!u)
+    return;
+  if (!u->owner && u->ts) { /* unlink from the idle pool */
+    if (u->prev)
+      u->prev->next = u->next;
+    else if (u->ts->idle == u)
+      u->ts->idle = u->next;
+    if (u->next)
+      u->next->prev = u->prev;
+    u->ts->nidle--;
+  }
+  epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
+  close(u->fd);
+  buf_free(&u->rx);
+  free(u);
+}
+
+/* Give a finished upstream connection back to its pool, or close it. */
+static void up_release(gw_worker_t *w, gw_upconn_t *u, bool reusable) {
+  if (!u)
+    return;
+  u->owner = NULL;
+  if (!reusable || !u->ts || u->ts->nidle >= w->srv->pool_size || buf_len(&u->rx) > 0 ||
+      w->draining) {
+    /* not in the pool, so nothing to unlink: close it directly */
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
+    close(u->fd);
+    buf_free(&u->rx);
+    free(u);
+    return;
+  }
+  u->idle_since = now_ms();
+  u->rd_ready = u->wr_ready = false;
+  u->rx.start = u->rx.end = 0;
+  u->prev = NULL;
+  u->next = u->ts->idle;
+  if (u->next)
+    u->next->prev = u;
+  u->ts->idle = u;
+  u->ts->nidle++;
+}
+
+static void conn_close(gw_conn_t *c) {
+  if (c->closing)
+    return;
+  c->closing = true;
+}
+
+static void conn_free(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  timer_cancel(c);
+  if (c->up) {
+    c->up->owner = NULL;
+    c->up->ts = NULL; /* never pooled: it is mid-exchange */
+    epoll_ctl(w->ep, EPOLL_CTL_DEL, c->up->fd, NULL);
+    close(c->up->fd);
+    buf_free(&c->up->rx);
+    free(c->up);
+  }
+  epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+  close(c->fd);
+  buf_free(&c->rx);
+  buf_free(&c->tx);
+  buf_free(&c->utx);
+  free(c);
+  w->nconns--;
+  atomic_fetch_sub_explicit(&w->srv->live_connections, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&w->srv->stats.connections_open, 1, memory_order_relaxed);
+}
+
+/* ---- access log ---------------------------------------------------------- */
+
+static void log_flush(gw_worker_t *w) {
+  if (w->loglen == 0 || w->srv->access_log_fd < 0) {
+    w->loglen = 0;
+    return;
+  }
+  size_t off = 0;
+  while (off < w->loglen) {
+    ssize_t n = write(w->srv->access_log_fd, w->logbuf + off, w->loglen - off);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break; /* a full disk must not stop the gateway */
+    off += (size_t)n;
+  }
+  w->loglen = 0;
+}
+
+/* JSON-escape s[0..n) into the log buffer (bounded). */
+static void log_str(gw_worker_t *w, const char *s, size_t n) {
+  for (size_t i = 0; i < n && w->loglen + 8 < GW_LOG_BUF; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\') {
+      w->logbuf[w->loglen++] = '\\';
+      w->logbuf[w->loglen++] = (char)ch;
+    } else if (ch < 0x20 || ch >= 0x7f) {
+      w->loglen += (size_t)snprintf(w->logbuf + w->loglen, 8, "\\u%04x", ch);
+    } else {
+      w->logbuf[w->loglen++] = (char)ch;
+    }
+  }
+}
+
+static void access_log(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  if (w->srv->access_log_fd < 0)
+    return;
+  if (w->loglen > GW_LOG_BUF - 2048)
+    log_flush(w);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+  int64_t ms = now_ms() - c->started_ms;
+  int n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
+                   "{\"time\":%lld.%03ld,\"request_id\":\"%s\",\"client\":\"%s\",\"method\":\"%s\","
+                   "\"path\":\"",
+                   (long long)ts.tv_sec, ts.tv_nsec / 1000000, c->request_id, c->client_ip,
+                   c->status ? methods[c->method] : "-");
+  if (n < 0 || (size_t)n >= GW_LOG_BUF - w->loglen)
+    return;
+  w->loglen += (size_t)n;
+  log_str(w, c->path_log, strlen(c->path_log));
+  n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
+               "\",\"status\":%d,\"api\":\"%s\",\"upstream\":\"%s\",\"latency_ms\":%lld,"
+               "\"bytes_in\":%lld,\"bytes_out\":%lld}\n",
+               c->status, c->route ? c->route->slug : "", c->target ? c->target->host_header : "",
+               (long long)ms, (long long)c->bytes_in, (long long)c->bytes_out);
+  if (n > 0 && (size_t)n < GW_LOG_BUF - w->loglen)
+    w->loglen += (size_t)n;
+}
+
+static void count_request(gw_conn_t *c) {
+  gw_stats_t *st = &c->w->stats;
+  int cls = c->status / 100;
+  if (cls < 0 || cls > 5)
+    cls = 0;
+  atomic_fetch_add_explicit(&st->requests[cls], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&st->bytes_in, (uint64_t)c->bytes_in, memory_order_relaxed);
+  atomic_fetch_add_explicit(&st->bytes_out, (uint64_t)c->bytes_out, memory_order_relaxed);
+  static const int64_t le_us[GW_LAT_BUCKETS] = {5000,    10000,   25000,   50000,    75000,
+                                                100000,  250000,  500000,  750000,   1000000,
+                                                2500000, 5000000, 7500000, 10000000, 30000000};
+  int64_t us = (now_ms() - c->started_ms) * 1000;
+  int b = 0;
+  while (b < GW_LAT_BUCKETS && us > le_us[b])
+    b++;
+  atomic_fetch_add_explicit(&st->latency_bucket[b], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&st->latency_sum_us, (uint64_t)us, memory_order_relaxed);
+}
+
+/* ---- responses we make ourselves ------------------------------------------ */
+
+static const char *status_text(int s) {
+  switch (s) {
+  case 400: return "Bad Request";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 417: return "Expectation Failed";
+  case 431: return "Request Header Fields Too Large";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Error";
+  }
+}
+
+static const char *problem_slug(int s) {
+  switch (s) {
+  case 400: return "bad-request";
+  case 404: return "no-route";
+  case 405: return "method-not-allowed";
+  case 408: return "request-timeout";
+  case 411: return "length-required";
+  case 413: return "payload-too-large";
+  case 414: return "uri-too-long";
+  case 417: return "expectation-failed";
+  case 431: return "headers-too-large";
+  case 501: return "not-implemented";
+  case 502: return "bad-gateway";
+  case 503: return "no-healthy-upstream";
+  case 504: return "upstream-timeout";
+  case 505: return "http-version-not-supported";
+  default: return "error";
+  }
+}
+
+/*
+ * Answer with application/problem+json (RFC 9457). `close_after` when the
+ * stream can no longer be trusted (a framing error, an unread body).
+ */
+static void respond_problem(gw_conn_t *c, int status, const char *detail, bool close_after) {
+  char body[768];
+  int bl = snprintf(body, sizeof(body),
+                    "{\"type\":\"https://tollgate.dev/problems/%s\",\"title\":\"%s\",\"status\":%d,"
+                    "\"detail\":\"%s\",\"request_id\":\"%s\"}",
+                    problem_slug(status), status_text(status), status, detail, c->request_id);
+  if (bl < 0 || (size_t)bl >= sizeof(body))
+    bl = (int)strlen(body);
+  char head[512];
+  int hl = snprintf(head, sizeof(head),
+                    "HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
+                    "Content-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n",
+                    status, status_text(status), bl, c->request_id,
+                    status == 503 ? "Retry-After: 1\r\n" : "",
+                    close_after ? "Connection: close\r\n" : "");
+  if (!buf_init(&c->tx, GW_IO_BUF)) {
+    conn_close(c);
+    return;
+  }
+  c->tx.start = c->tx.end = 0;
+  if (c->method != GW_HEAD || !c->status)
+    buf_put(&c->tx, head, (size_t)hl), buf_put(&c->tx, body, (size_t)bl);
+  else
+    buf_put(&c->tx, head, (size_t)hl);
+  c->status = status;
+  c->close_after = c->close_after || close_after;
+  c->bytes_out += hl + bl;
+  if (c->up) {
+    up_release(c->w, c->up, false);
+    c->up = NULL;
+  }
+  c->state = S_FLUSH;
+  c->resp_done = true;
+}
+
+/* ---- request ids and forwarded headers -------------------------------------- */
+
+static bool is_hex(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return false;
+  return true;
+}
+
+static const gw_header_t *find_header(const gw_request_head_t *h, const char *lower) {
+  for (unsigned i = 0; i < h->nheaders; i++)
+    if (gw_header_is(&h->headers[i], lower))
+      return &h->headers[i];
+  return NULL;
+}
+
+/* Headers never forwarded: hop-by-hop (RFC 9110 7.6.1) plus the ones the
+ * gateway sets itself. Also any named in Connection. */
+static bool drop_request_header(const gw_request_head_t *req, const gw_header_t *h,
+                                bool trust_forwarded) {
+  static const char *const hop[] = {
+      "connection",        "keep-alive", "proxy-connection",    "te",     "trailer",
+      "transfer-encoding", "upgrade",    "proxy-authorization", "expect", "x-request-id",
+      "traceparent",       "via",        "content-length"};
+  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+    if (gw_header_is(h, hop[i]))
+      return true;
+  if (!trust_forwarded &&
+      (gw_header_is(h, "x-forwarded-for") || gw_header_is(h, "x-forwarded-proto") ||
+       gw_header_is(h, "x-forwarded-host") || gw_header_is(h, "forwarded")))
+    return true;
+  /* names listed in Connection are hop-by-hop too */
+  for (unsigned i = 0; i < req->nheaders; i++) {
+    const gw_header_t *ch = &req->headers[i];
+    if (!gw_header_is(ch, "connection"))
+      continue;
+    const char *v = ch->value, *end = v + ch->value_len;
+    while (v < end) {
+      while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+        v++;
+      const char *t = v;
+      while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+        v++;
+      size_t tl = (size_t)(v - t);
+      if (tl == h->name_len && strncasecmp(t, h->name, tl) == 0)
+        return true;
+    }
+  }
+  return false;
+}
+
+/* ---- building the upstream request ------------------------------------------ */
+
+static bool put_header(gw_buf_t *b, const char *name, const char *v, size_t vl) {
+  return buf_puts(b, name) && buf_put(b, ": ", 2) && buf_put(b, v, vl) && buf_put(b, "\r\n", 2);
+}
+
+/*
+ * Write the upstream request head into c->utx: method, target rewritten
+ * for the route (normalised path, prefix stripped, target base path),
+ * end-to-end headers, then ours (Host, Via, X-Forwarded-*, X-Request-Id,
+ * traceparent) and the body framing.
+ */
+static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
+  const gw_request_head_t *q = &c->req;
+  const gw_route_t *r = c->route;
+  const gw_target_t *t = c->target;
+  gw_buf_t *b = &c->utx;
+  b->start = b->end = 0;
+  const char *rest = npath;
+  size_t restlen = nplen;
+  if (r->strip_prefix && r->prefix_len > 1) {
+    rest += r->prefix_len;
+    restlen -= r->prefix_len;
+  }
+  bool ok =
+      buf_put(b, q->method_str, q->method_len) && buf_put(b, " ", 1) && buf_puts(b, t->base_path);
+  if (restlen == 0 || rest[0] != '/')
+    ok = ok && buf_put(b, "/", 1);
+  ok = ok && buf_put(b, rest, restlen);
+  if (q->query)
+    ok = ok && buf_put(b, "?", 1) && buf_put(b, q->query, q->query_len);
+  ok = ok && buf_puts(b, " HTTP/1.1\r\n");
+  const gw_header_t *host = q->host >= 0 ? &q->headers[q->host] : NULL;
+  const gw_header_t *xff = NULL, *via = NULL;
+  for (unsigned i = 0; ok && i < q->nheaders; i++) {
+    const gw_header_t *h = &q->headers[i];
+    if (gw_header_is(h, "host"))
+      continue;
+    if (gw_header_is(h, "x-forwarded-for"))
+      xff = h;
+    if (gw_header_is(h, "via"))
+      via = h;
+    if (drop_request_header(q, h, c->w->srv->trust_forwarded))
+      continue;
+    ok = buf_put(b, h->name, h->name_len) && buf_put(b, ": ", 2) &&
+         buf_put(b, h->value, h->value_len) && buf_put(b, "\r\n", 2);
+  }
+  ok = ok && put_header(b, "Host", t->host_header, strlen(t->host_header));
+  /* X-Forwarded-*: appended to a trusted proxy's, else ours alone */
+  if (ok && c->w->srv->trust_forwarded && xff) {
+    ok = buf_puts(b, "X-Forwarded-For: ") && buf_put(b, xff->value, xff->value_len) &&
+         buf_puts(b, ", ") && buf_puts(b, c->client_ip) && buf_puts(b, "\r\n");
+  } else if (ok) {
+    ok = put_header(b, "X-Forwarded-For", c->client_ip, strlen(c->client_ip));
+    ok = ok && put_header(b, "X-Forwarded-Proto", "http", 4);
+    if (host)
+      ok = ok && put_header(b, "X-Forwarded-Host", host->value, host->value_len);
+  }
+  if (ok && via)
+    ok = buf_puts(b, "Via: ") && buf_put(b, via->value, via->value_len) &&
+         buf_puts(b, ", 1.1 tollgate\r\n");
+  else if (ok)
+    ok = buf_puts(b, "Via: 1.1 tollgate\r\n");
+  ok = ok && put_header(b, "X-Request-Id", c->request_id, strlen(c->request_id));
+  /* W3C trace context: same trace, a new parent (this hop) */
+  char tp[64], parent[17];
+  const gw_header_t *in = find_header(q, "traceparent");
+  hex64(rng_next(c->w), parent);
+  parent[16] = '\0';
+  if (in && in->value_len == 55 && memcmp(in->value, "00-", 3) == 0 && is_hex(in->value + 3, 32) &&
+      in->value[35] == '-' && is_hex(in->value + 36, 16) && in->value[52] == '-' &&
+      is_hex(in->value + 53, 2)) {
+    snprintf(tp, sizeof(tp), "00-%.32s-%s-%.2s", in->value + 3, parent, in->value + 53);
+  } else {
+    char trace[33];
+    if (strlen(c->request_id) == 32 && is_hex(c->request_id, 32))
+      memcpy(trace, c->request_id, 33);
+    else {
+      hex64(rng_next(c->w), trace);
+      hex64(rng_next(c->w), trace + 16);
+      trace[32] = '\0';
+    }
+    snprintf(tp, sizeof(tp), "00-%s-%s-01", trace, parent);
+  }
+  ok = ok && put_header(b, "traceparent", tp, strlen(tp));
+  if (q->chunked) {
+    ok = ok && buf_puts(b, "Transfer-Encoding: chunked\r\n");
+  } else if (q->content_length >= 0) {
+    char cl[32];
+    int n = snprintf(cl, sizeof(cl), "%lld", (long long)q->content_length);
+    ok = ok && put_header(b, "Content-Length", cl, (size_t)n);
+  }
+  return ok && buf_put(b, "\r\n", 2);
+}
+
+/* ---- the state machine ---------------------------------------------------------- */
+
+static void pump(gw_conn_t *c);
+
+static void client_read(gw_conn_t *c) {
+  while (c->rd_ready && !c->rd_eof) {
+    size_t space = buf_space(&c->rx);
+    if (space == 0)
+      return;
+    ssize_t n = read(c->fd, c->rx.data + c->rx.end, space);
+    if (n > 0) {
+      c->rx.end += (size_t)n;
+      c->bytes_in += n;
+      continue;
+    }
+    if (n == 0) {
+      c->rd_eof = true;
+      return;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN) {
+      c->rd_ready = false;
+      return;
+    }
+    c->rd_eof = true;
+    conn_close(c);
+    return;
+  }
+}
+
+/* Write tx to the client. True when everything pending was written. */
+static bool client_flush(gw_conn_t *c) {
+  while (buf_len(&c->tx) > 0) {
+    if (!c->wr_ready)
+      return false;
+    ssize_t n = write(c->fd, c->tx.data + c->tx.start, buf_len(&c->tx));
+    if (n > 0) {
+      c->tx.start += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN) {
+      c->wr_ready = false;
+      return false;
+    }
+    conn_close(c);
+    return false;
+  }
+  c->tx.start = c->tx.end = 0;
+  return true;
+}
+
+static void request_done(gw_conn_t *c) {
+  count_request(c);
+  access_log(c);
+  c->route = NULL;
+  c->target = NULL;
+  if (c->close_after || !c->client_keep_alive || c->w->draining) {
+    conn_close(c);
+    return;
+  }
+  buf_free(&c->utx);
+  c->state = S_HEAD;
+  c->status = 0;
+  c->resp_done = false;
+  timer_set(c, c->w->srv->idle_timeout_ms, 0);
+}
+
+static void start_request(gw_conn_t *c);
+
+/* Open (or reuse) an upstream connection for c->target. */
+static bool upstream_attach(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  gw_tstate_t *ts = tstate(w, c->target->id);
+  int64_t now = now_ms();
+  while (ts && ts->idle) {
+    gw_upconn_t *u = ts->idle;
+    ts->idle = u->next;
+    if (u->next)
+      u->next->prev = NULL;
+    ts->nidle--;
+    u->next = u->prev = NULL;
+    if (now - u->idle_since > w->srv->idle_timeout_ms) {
+      u->owner = NULL;
+      u->ts = NULL;
+      epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
+      close(u->fd);
+      buf_free(&u->rx);
+      free(u);
+      continue;
+    }
+    u->owner = c;
+    u->reused = true;
+    u->wr_ready = true;
+    u->rd_ready = true; /* edge already consumed: try a read */
+    c->up = u;
+    return true;
+  }
+  if (c->target->https) {
+    respond_problem(c, 502, "HTTPS upstreams are not supported by this build yet", true);
+    return false;
+  }
+  int fd = socket(c->target->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    respond_problem(c, 502, "cannot open a socket to the upstream", false);
+    return false;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  gw_upconn_t *u = calloc(1, sizeof(*u));
+  if (!u || !buf_init(&u->rx, GW_IO_BUF)) {
+    free(u);
+    close(fd);
+    respond_problem(c, 502, "out of memory", false);
+    return false;
+  }
+  u->kind = K_UP;
+  u->fd = fd;
+  u->ts = ts;
+  u->owner = c;
+  int rc = connect(fd, (struct sockaddr *)&c->target->addr, c->target->addrlen);
+  u->connected = rc == 0;
+  if (rc != 0 && errno != EINPROGRESS) {
+    close(fd);
+    buf_free(&u->rx);
+    free(u);
+    target_failed(w, c->target);
+    return false; /* caller retries or answers 502 */
+  }
+  ep_add(w, fd, u, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+  c->up = u;
+  return true;
+}
+
+/* An upstream failed before any response byte reached the client: retry
+ * on another target when the request can be sent again, else 502/504. */
+static void upstream_failed(gw_conn_t *c, int status, const char *why) {
+  gw_worker_t *w = c->w;
+  bool stale_pooled = c->up && c->up->reused && status == 502;
+  if (c->up) {
+    up_release(w, c->up, false);
+    c->up = NULL;
+  }
+  if (!stale_pooled)
+    target_failed(w, c->target);
+  bool resendable =
+      !c->resp_started && c->req_body_total == 0 && (c->req.content_length <= 0 && !c->req_chunked);
+  if (resendable && (stale_pooled || c->retries_left > 0)) {
+    if (!stale_pooled)
+      c->retries_left--;
+    const gw_target_t *next = pick_target(w, c->route, stale_pooled ? NULL : c->target);
+    if (next) {
+      c->target = next;
+      /* the head names the target's Host and base path: rebuild it */
+      c->state = S_HEAD;
+      start_request(c);
+      return;
+    }
+  }
+  respond_problem(c, status, why, c->req_body_left > 0 || (c->req_chunked && !c->req_dec_done));
+}
+
+/* Move request body bytes from rx into utx (re-framing chunked). */
+static void feed_request_body(gw_conn_t *c) {
+  while (!c->req_sent_all) {
+    if (!c->req_chunked) {
+      size_t avail = buf_len(&c->rx), space = buf_space(&c->utx);
+      size_t n = avail < space ? avail : space;
+      if ((int64_t)n > c->req_body_left)
+        n = (size_t)c->req_body_left;
+      if (n == 0)
+        break;
+      buf_put(&c->utx, c->rx.data + c->rx.start, n);
+      c->rx.start += n;
+      c->req_body_left -= (int64_t)n;
+      c->req_body_total += (int64_t)n;
+      if (c->req_body_left == 0)
+        c->req_sent_all = true;
+      continue;
+    }
+    /* chunked: decode a span, write "<hex>\r\n<data>\r\n" */
+    if (buf_space(&c->utx) < 32 || buf_len(&c->rx) == 0)
+      break;
+    const char *data = NULL;
+    size_t dlen = 0;
+    bool done = false;
+    gw_parse_error_t err;
+    size_t limit = buf_space(&c->utx) - 24;
+    size_t avail = buf_len(&c->rx);
+    long used = gw_chunked_decode(&c->req_dec, c->rx.data + c->rx.start,
+                                  avail < limit ? avail : limit, &data, &dlen, &done, &err);
+    if (used < 0) {
+      respond_problem(c, 400, err.reason, true);
+      return;
+    }
+    c->rx.start += (size_t)used;
+    if (dlen > 0) {
+      if ((int64_t)dlen > c->route->max_body - c->req_body_total) {
+        respond_problem(c, 413, "the request body exceeds this API's limit", true);
+        return;
+      }
+      char hdr[24];
+      int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", dlen);
+      buf_put(&c->utx, hdr, (size_t)hl);
+      buf_put(&c->utx, data, dlen);
+      buf_put(&c->utx, "\r\n", 2);
+      c->req_body_total += (int64_t)dlen;
+    }
+    if (done) {
+      buf_puts(&c->utx, "0\r\n\r\n");
+      c->req_dec_done = true;
+      c->req_sent_all = true;
+    }
+    if (used == 0 && dlen == 0)
+      break;
+  }
+}
+
+/* Write utx to the upstream. */
+static bool upstream_flush(gw_conn_t *c) {
+  gw_upconn_t *u = c->up;
+  while (buf_len(&c->utx) > 0) {
+    if (!u->wr_ready)
+      return false;
+    ssize_t n = send(u->fd, c->utx.data + c->utx.start, buf_len(&c->utx), MSG_NOSIGNAL);
+    if (n > 0) {
+      c->utx.start += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN) {
+      u->wr_ready = false;
+      return false;
+    }
+    upstream_failed(c, 502, "the upstream closed the connection");
+    return false;
+  }
+  c->utx.start = c->utx.end = 0;
+  return true;
+}
+
+/* Read from the upstream into its rx. Returns -1 on EOF/error. */
+static int upstream_read(gw_conn_t *c) {
+  gw_upconn_t *u = c->up;
+  while (u->rd_ready) {
+    size_t space = buf_space(&u->rx);
+    if (space == 0)
+      return 0;
+    ssize_t n = read(u->fd, u->rx.data + u->rx.end, space);
+    if (n > 0) {
+      u->rx.end += (size_t)n;
+      continue;
+    }
+    if (n == 0)
+      return -1;
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN) {
+      u->rd_ready = false;
+      return 0;
+    }
+    return -1;
+  }
+  return 0;
+}
+
+/* Headers the upstream may not pass to the client (hop-by-hop). */
+static bool drop_response_header(const gw_header_t *h) {
+  static const char *const hop[] = {"connection",        "keep-alive",  "proxy-connection",
+                                    "transfer-encoding", "trailer",     "upgrade",
+                                    "content-length",    "x-request-id"};
+  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+    if (gw_header_is(h, hop[i]))
+      return true;
+  return false;
+}
+
+static void parse_response_head(gw_conn_t *c) {
+  gw_upconn_t *u = c->up;
+  gw_response_head_t rh;
+  gw_parse_error_t err;
+  for (;;) {
+    int rc = gw_http1_parse_response(u->rx.data + u->rx.start, buf_len(&u->rx), &c->w->srv->limits,
+                                     &rh, &err);
+    if (rc == 0)
+      return;
+    if (rc < 0) {
+      upstream_failed(c, 502, "the upstream sent an invalid response");
+      return;
+    }
+    if (rh.status >= 100 && rh.status < 200) {
+      if (rh.status == 101) {
+        upstream_failed(c, 502, "the upstream tried to switch protocols");
+        return;
+      }
+      u->rx.start += rh.head_len; /* interim responses are not forwarded */
+      continue;
+    }
+    break;
+  }
+  target_ok(c->w, c->target);
+  c->status = rh.status;
+  c->resp_started = true;
+  timer_set(c, c->route->read_ms, 504);
+  bool has_body = gw_http1_response_has_body(c->method, rh.status);
+  bool client_11 = c->req.minor == 1;
+  /* response framing toward the client */
+  if (!has_body)
+    c->resp_mode = 0;
+  else if (rh.chunked)
+    c->resp_mode = 2;
+  else if (rh.content_length >= 0)
+    c->resp_mode = 1, c->resp_left = rh.content_length;
+  else
+    c->resp_mode = client_11 ? 3 : 4;
+  if (c->resp_mode == 4)
+    c->close_after = true;
+  /* the upstream connection is reusable only if the response is framed */
+  bool up_keep = rh.keep_alive && (c->resp_mode == 0 || c->resp_mode == 1 || c->resp_mode == 2);
+  gw_chunked_init(&c->resp_dec);
+  if (!buf_init(&c->tx, GW_IO_BUF)) {
+    conn_close(c);
+    return;
+  }
+  gw_buf_t *b = &c->tx;
+  char line[128];
+  int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %.*s\r\n", client_11 ? 1 : 0, rh.status,
+                   (int)(rh.reason_len < 64 ? rh.reason_len : 64), rh.reason);
+  bool ok = buf_put(b, line, (size_t)n);
+  const gw_header_t *via = NULL;
+  for (unsigned i = 0; ok && i < rh.nheaders; i++) {
+    const gw_header_t *h = &rh.headers[i];
+    if (gw_header_is(h, "via")) {
+      via = h;
+      continue;
+    }
+    if (drop_response_header(h))
+      continue;
+    ok = buf_put(b, h->name, h->name_len) && buf_put(b, ": ", 2) &&
+         buf_put(b, h->value, h->value_len) && buf_put(b, "\r\n", 2);
+  }
+  if (ok && via)
+    ok = buf_puts(b, "Via: ") && buf_put(b, via->value, via->value_len) &&
+         buf_puts(b, ", 1.1 tollgate\r\n");
+  else if (ok)
+    ok = buf_puts(b, "Via: 1.1 tollgate\r\n");
+  ok = ok && put_header(b, "X-Request-Id", c->request_id, strlen(c->request_id));
+  if (c->resp_mode == 1 || (!has_body && rh.content_length >= 0 && c->method == GW_HEAD)) {
+    char cl[32];
+    n = snprintf(cl, sizeof(cl), "%lld", (long long)rh.content_length);
+    ok = ok && put_header(b, "Content-Length", cl, (size_t)n);
+  } else if (c->resp_mode == 2 || c->resp_mode == 3) {
+    ok = ok && buf_puts(b, "Transfer-Encoding: chunked\r\n");
+  }
+  if (c->close_after || !c->client_keep_alive)
+    ok = ok && buf_puts(b, "Connection: close\r\n");
+  else if (!client_11)
+    ok = ok && buf_puts(b, "Connection: keep-alive\r\n");
+  ok = ok && buf_put(b, "\r\n", 2);
+  if (!ok) {
+    c->resp_started = false;
+    c->tx.start = c->tx.end = 0;
+    upstream_failed(c, 502, "the upstream response head is too large");
+    return;
+  }
+  c->bytes_out += (int64_t)buf_len(b);
+  u->rx.start += rh.head_len;
+  c->state = S_BODY;
+  c->resp_done = c->resp_mode == 0 || (c->resp_mode == 1 && c->resp_left == 0);
+  /* keep the reuse decision with the connection */
+  u->reused = up_keep; /* reused now means "may go back to the pool" */
+}
+
+/* Move response body bytes from the upstream rx to tx (framing). */
+static void feed_response_body(gw_conn_t *c, bool up_eof) {
+  gw_upconn_t *u = c->up;
+  while (!c->resp_done) {
+    size_t avail = buf_len(&u->rx);
+    if (c->resp_mode == 1) {
+      size_t space = buf_space(&c->tx);
+      size_t n = avail < space ? avail : space;
+      if ((int64_t)n > c->resp_left)
+        n = (size_t)c->resp_left;
+      if (n == 0)
+        break;
+      buf_put(&c->tx, u->rx.data + u->rx.start, n);
+      u->rx.start += n;
+      c->resp_left -= (int64_t)n;
+      c->bytes_out += (int64_t)n;
+      if (c->resp_left == 0)
+        c->resp_done = true;
+      continue;
+    }
+    if (c->resp_mode == 2) {
+      if (buf_space(&c->tx) < 32 || avail == 0)
+        break;
+      const char *data = NULL;
+      size_t dlen = 0;
+      bool done = false;
+      gw_parse_error_t err;
+      size_t limit = buf_space(&c->tx) - 24;
+      long used = gw_chunked_decode(&c->resp_dec, u->rx.data + u->rx.start,
+                                    avail < limit ? avail : limit, &data, &dlen, &done, &err);
+      if (used < 0) {
+        c->close_after = true; /* mid-body: the client sees a cut response */
+        conn_close(c);
+        return;
+      }
+      u->rx.start += (size_t)used;
+      if (dlen) {
+        char hdr[24];
+        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", dlen);
+        buf_put(&c->tx, hdr, (size_t)hl);
+        buf_put(&c->tx, data, dlen);
+        buf_put(&c->tx, "\r\n", 2);
+        c->bytes_out += (int64_t)dlen;
+      }
+      if (done) {
+        buf_puts(&c->tx, "0\r\n\r\n");
+        c->resp_done = true;
+      }
+      if (used == 0 && dlen == 0)
+        break;
+      continue;
+    }
+    /* close-delimited: everything until EOF */
+    if (avail > 0) {
+      size_t space = buf_space(&c->tx);
+      size_t room = c->resp_mode == 3 ? (space > 24 ? space - 24 : 0) : space;
+      size_t n = avail < room ? avail : room;
+      if (n == 0)
+        break;
+      if (c->resp_mode == 3) {
+        char hdr[24];
+        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+        buf_put(&c->tx, hdr, (size_t)hl);
+      }
+      buf_put(&c->tx, u->rx.data + u->rx.start, n);
+      if (c->resp_mode == 3)
+        buf_put(&c->tx, "\r\n", 2);
+      u->rx.start += n;
+      c->bytes_out += (int64_t)n;
+      continue;
+    }
+    if (up_eof) {
+      if (c->resp_mode == 3 && !buf_puts(&c->tx, "0\r\n\r\n"))
+        break;
+      c->resp_done = true;
+    }
+    break;
+  }
+}
+
+static void start_request(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  gw_server_t *srv = w->srv;
+  gw_parse_error_t err;
+  if (c->state == S_HEAD && !c->route) {
+    int rc = gw_http1_parse_request(c->rx.data + c->rx.start, buf_len(&c->rx), &srv->limits,
+                                    &c->req, &err);
+    if (rc == 0) {
+      if (c->rd_eof)
+        conn_close(c);
+      else if (buf_len(&c->rx) > 0 && c->deadline_status != 408)
+        timer_set(c, srv->header_timeout_ms, 408);
+      return;
+    }
+    c->started_ms = now_ms();
+    c->bytes_in = (int64_t)buf_len(&c->rx);
+    c->bytes_out = 0;
+    c->request_id[0] = '\0';
+    snprintf(c->path_log, sizeof(c->path_log), "-");
+    if (rc < 0) {
+      c->status = 0;
+      snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx",
+               (unsigned long long)rng_next(w), (unsigned long long)rng_next(w));
+      respond_problem(c, err.status, err.reason, true);
+      return;
+    }
+    c->method = c->req.method;
+    c->client_keep_alive = c->req.keep_alive;
+    c->status = 0;
+    snprintf(c->path_log, sizeof(c->path_log), "%.*s", (int)c->req.target_len, c->req.target);
+    /* the request id: the client's if sane, else a new one */
+    const gw_header_t *rid = find_header(&c->req, "x-request-id");
+    if (rid && rid->value_len > 0 && rid->value_len <= 64) {
+      bool sane = true;
+      for (uint32_t i = 0; i < rid->value_len && sane; i++) {
+        char ch = rid->value[i];
+        sane = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+               ch == '-' || ch == '_' || ch == '.';
+      }
+      if (sane)
+        snprintf(c->request_id, sizeof(c->request_id), "%.*s", (int)rid->value_len, rid->value);
+    }
+    if (!c->request_id[0])
+      snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx",
+               (unsigned long long)rng_next(w), (unsigned long long)rng_next(w));
+    c->status = 1; /* marks "a request is in flight" for logging */
+    /* route on the normalised path */
+    char npath[GW_PATH_MAX];
+    if (c->req.path_len >= sizeof(npath)) {
+      respond_problem(c, 414, "the request path is too long", true);
+      return;
+    }
+    long nl = gw_path_normalise(c->req.target, c->req.path_len, npath);
+    if (nl < 0) {
+      respond_problem(c, 400, "the request path is not valid (escapes, or climbs above /)", true);
+      return;
+    }
+    const gw_snapshot_t *snap = w->snap;
+    bool mismatch = false;
+    const gw_header_t *host = c->req.host >= 0 ? &c->req.headers[c->req.host] : NULL;
+    c->route = snap ? gw_route_match(snap, host ? host->value : NULL, host ? host->value_len : 0,
+                                     npath, (size_t)nl, c->req.method, &mismatch)
+                    : NULL;
+    bool has_body = c->req.chunked || c->req.content_length > 0;
+    if (!c->route) {
+      respond_problem(c, mismatch ? 405 : 404,
+                      mismatch ? "this API does not accept this method"
+                               : "no API is published at this path",
+                      has_body);
+      return;
+    }
+    if (c->req.content_length > c->route->max_body) {
+      respond_problem(c, 413, "the request body exceeds this API's limit", true);
+      return;
+    }
+    c->retries_left = c->route->retries;
+    c->target = pick_target(w, c->route, NULL);
+    if (!c->target) {
+      respond_problem(c, 503, "no healthy upstream target for this API", has_body);
+      return;
+    }
+    c->req_chunked = c->req.chunked;
+    c->req_body_left = c->req.content_length > 0 ? c->req.content_length : 0;
+    c->req_body_total = 0;
+    c->req_sent_all = !c->req_chunked && c->req_body_left == 0;
+    c->req_dec_done = false;
+    gw_chunked_init(&c->req_dec);
+    c->resp_started = false;
+    c->resp_done = false;
+    if (!buf_init(&c->utx, GW_IO_BUF) || !build_upstream_head(c, npath, (size_t)nl)) {
+      respond_problem(c, 431, "the request head does not fit the upstream buffer", true);
+      return;
+    }
+    /* the head is now copied: drop it from rx */
+    c->rx.start += c->req.head_len;
+    if (c->req.expect_continue && !c->req_sent_all) {
+      buf_init(&c->tx, GW_IO_BUF);
+      buf_puts(&c->tx, "HTTP/1.1 100 Continue\r\n\r\n");
+    }
+  } else if (c->route) {
+    /* a retry: rebuild the head for the new target (no body was sent) */
+    char npath[GW_PATH_MAX];
+    long nl = gw_path_normalise(c->req.target, c->req.path_len, npath);
+    if (nl < 0 || !build_upstream_head(c, npath, (size_t)nl)) {
+      respond_problem(c, 502, "cannot rebuild the request for another target", true);
+      return;
+    }
+  }
+  c->state = S_UPSTREAM;
+  if (!upstream_attach(c)) {
+    if (c->state == S_UPSTREAM)
+      upstream_failed(c, 502, "the upstream refused the connection");
+    return;
+  }
+  timer_set(c, c->up->connected || c->up->reused ? c->route->write_ms : c->route->connect_ms, 504);
+}
+
+static void pump(gw_conn_t *c) {
+  for (int guard = 0; guard < 64 && !c->closing; guard++) {
+    int state = c->state;
+    size_t rx0 = buf_len(&c->rx), tx0 = buf_len(&c->tx);
+    if (state == S_HEAD) {
+      if (!client_flush(c))
+        return; /* a 100 Continue or similar still going out */
+      client_read(c);
+      if (c->closing)
+        return;
+      if (buf_len(&c->rx) == 0) {
+        if (c->rd_eof)
+          conn_close(c);
+        return;
+      }
+      /* a request head that outgrows rx is a 431 by the parser's limit */
+      if (buf_space(&c->rx) == 0 && c->rx.cap < c->w->srv->limits.max_head + 1) {
+        size_t cap = c->rx.cap * 2;
+        if (cap > c->w->srv->limits.max_head + 1)
+          cap = c->w->srv->limits.max_head + 1;
+        char *nd = realloc(c->rx.data, cap);
+        if (nd) {
+          c->rx.data = nd;
+          c->rx.cap = cap;
+          continue;
+        }
+      }
+      start_request(c);
+      if (c->state == S_HEAD && !c->closing)
+        return;
+      continue;
+    }
+    if (state == S_FLUSH) {
+      if (!client_flush(c))
+        return;
+      request_done(c);
+      continue;
+    }
+    if (state == S_UPSTREAM || state == S_BODY) {
+      gw_upconn_t *u = c->up;
+      if (!u)
+        return;
+      if (!u->connected) {
+        if (!u->wr_ready)
+          return;
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+        if (soerr != 0) {
+          upstream_failed(c, 502, "the upstream refused the connection");
+          continue;
+        }
+        u->connected = true;
+        timer_set(c, c->route->write_ms, 504);
+      }
+      /* 100 Continue to the client, request body toward the upstream */
+      if (buf_len(&c->tx) > 0 && state == S_UPSTREAM && !client_flush(c) && c->closing)
+        return;
+      if (!c->req_sent_all) {
+        client_read(c);
+        if (c->closing)
+          return;
+        feed_request_body(c);
+        if (c->state != state)
+          continue;
+        if (!c->req_sent_all && c->rd_eof && buf_len(&c->rx) == 0) {
+          conn_close(c); /* the client left mid-body */
+          return;
+        }
+        if (buf_len(&c->rx) != rx0) /* body bytes arrived: wait anew */
+          timer_set(c, c->w->srv->body_timeout_ms, 408);
+      }
+      if (state == S_UPSTREAM && buf_len(&c->utx) > 0) {
+        upstream_flush(c);
+        if (c->state != state || c->closing)
+          continue;
+        if (c->req_sent_all && buf_len(&c->utx) == 0)
+          timer_set(c, c->route->read_ms, 504);
+      }
+      int rr = upstream_read(c);
+      if (c->state == S_UPSTREAM) {
+        if (buf_len(&u->rx) > 0)
+          parse_response_head(c);
+        if (c->state == S_UPSTREAM && rr < 0) {
+          upstream_failed(c, 502, "the upstream closed the connection without a response");
+          continue;
+        }
+        if (c->state != S_BODY)
+          return;
+      }
+      /* S_BODY: stream, with back-pressure on both buffers */
+      feed_response_body(c, rr < 0 && buf_len(&u->rx) == 0);
+      if (c->closing)
+        return;
+      client_flush(c);
+      if (c->closing)
+        return;
+      if (c->resp_done && buf_len(&c->tx) == 0) {
+        bool reusable = u->reused && c->req_sent_all && buf_len(&c->utx) == 0 && rr >= 0;
+        if (!c->req_sent_all)
+          c->close_after = true; /* unread request body on the client side */
+        c->up = NULL;
+        up_release(c->w, u, reusable);
+        request_done(c);
+        continue;
+      }
+      if (rr < 0 && buf_len(&u->rx) == 0 && !c->resp_done) {
+        conn_close(c); /* the upstream cut the body: so must we */
+        return;
+      }
+      bool progress = buf_len(&c->rx) != rx0 || buf_len(&c->tx) != tx0;
+      if (progress) /* a long transfer is fine as long as it moves */
+        timer_set(c, c->route->read_ms, 504);
+      if (!progress && !u->rd_ready)
+        return;
+      if (buf_len(&c->tx) > 0 && !c->wr_ready)
+        return;
+      continue;
+    }
+    return;
+  }
+}
+
+/* ---- events ----------------------------------------------------------------- */
+
+static void on_timer(gw_conn_t *c) {
+  if (c->deadline_status == 0 || (c->state == S_HEAD && buf_len(&c->rx) == 0)) {
+    conn_close(c); /* idle keep-alive */
+    return;
+  }
+  if (c->state == S_HEAD) {
+    snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx",
+             (unsigned long long)rng_next(c->w), (unsigned long long)rng_next(c->w));
+    respond_problem(c, 408, "the request head did not arrive in time", true);
+  } else if (c->state == S_UPSTREAM) {
+    if (c->up && !c->up->connected)
+      upstream_failed(c, 504, "the upstream did not accept the connection in time");
+    else if (!c->req_sent_all && buf_len(&c->utx) == 0)
+      respond_problem(c, 408, "the request body did not arrive in time", true);
+    else {
+      if (c->target)
+        target_failed(c->w, c->target);
+      respond_problem(c, 504, "the upstream did not answer in time", true);
+    }
+  } else if (c->state == S_BODY) {
+    conn_close(c); /* the response was started: all we can do is cut it */
+  } else {
+    conn_close(c);
+  }
+  c->wr_ready = true;
+  pump(c);
+}
+
+static void accept_all(gw_worker_t *w) {
+  gw_server_t *srv = w->srv;
+  for (;;) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    int fd = accept4(w->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR)
+        continue;
+      return; /* EAGAIN, or EMFILE: the next event retries */
+    }
+    if (atomic_load_explicit(&srv->live_connections, memory_order_relaxed) >=
+            srv->max_connections ||
+        w->draining) {
+      close(fd);
+      continue;
+    }
+    gw_conn_t *c = calloc(1, sizeof(*c));
+    if (!c || !buf_init(&c->rx, 4096)) {
+      free(c);
+      close(fd);
+      continue;
+    }
+    atomic_fetch_add_explicit(&srv->live_connections, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&srv->stats.connections_open, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&srv->stats.connections_total, 1, memory_order_relaxed);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->kind = K_CLIENT;
+    c->fd = fd;
+    c->w = w;
+    c->heap_index = -1;
+    c->state = S_HEAD;
+    c->rd_ready = true;
+    c->wr_ready = true;
+    if (ss.ss_family == AF_INET)
+      inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, c->client_ip,
+                sizeof(c->client_ip));
+    else
+      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, c->client_ip,
+                sizeof(c->client_ip));
+    w->nconns++;
+    ep_add(w, fd, c, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
+    timer_set(c, srv->header_timeout_ms, 408);
+    pump(c);
+    if (c->closing)
+      conn_free(c);
+  }
+}
+
+/* Close pooled connections idle too long or closed by their upstream. */
+static void sweep_pools(gw_worker_t *w) {
+  int64_t now = now_ms();
+  for (int b = 0; b < 256; b++)
+    for (gw_tstate_t *t = w->tbuckets[b]; t; t = t->hnext) {
+      gw_upconn_t *u = t->idle;
+      while (u) {
+        gw_upconn_t *next = u->next;
+        if (now - u->idle_since > w->srv->idle_timeout_ms)
+          up_close(w, u);
+        u = next;
+      }
+    }
+}
+
+static void *worker_main(void *arg) {
+  gw_worker_t *w = arg;
+  gw_server_t *srv = w->srv;
+  struct epoll_event evs[GW_EVENTS];
+  gw_conn_t *to_free[GW_EVENTS * 2];
+  int64_t last_sweep = now_ms();
+  for (;;) {
+    /* one snapshot per loop turn: publish what we hold */
+    gw_snapshot_t *snap = atomic_load_explicit(&srv->current, memory_order_acquire);
+    if (snap != w->snap) {
+      w->snap = snap;
+      atomic_store_explicit(&w->gen, snap ? snap->gen : 0, memory_order_release);
+    }
+    if (atomic_load_explicit(&srv->stopping, memory_order_relaxed) && !w->draining) {
+      w->draining = true;
+      epoll_ctl(w->ep, EPOLL_CTL_DEL, w->lfd, NULL);
+      close(w->lfd);
+      w->lfd = -1;
+    }
+    if (w->draining && w->nconns == 0)
+      break;
+    int timeout = 1000;
+    if (w->nheap > 0) {
+      int64_t d = w->heap[0]->deadline - now_ms();
+      timeout = d < 0 ? 0 : (d > 1000 ? 1000 : (int)d);
+    }
+    if (w->loglen > 0)
+      timeout = timeout > 200 ? 200 : timeout;
+    int n = epoll_wait(w->ep, evs, GW_EVENTS, timeout);
+    int nfree = 0;
+    for (int i = 0; i < n; i++) {
+      uint8_t kind = *(uint8_t *)evs[i].data.ptr;
+      uint32_t e = evs[i].events;
+      if (kind == K_LISTEN) {
+        accept_all(w);
+      } else if (kind == K_WAKE) {
+        uint64_t v;
+        ssize_t r = read(w->wakefd, &v, sizeof(v));
+        (void)r;
+      } else if (kind == K_CLIENT) {
+        gw_conn_t *c = evs[i].data.ptr;
+        if (c->closing)
+          continue;
+        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+          c->rd_ready = true;
+        if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+          c->wr_ready = true;
+        pump(c);
+        if (c->closing && nfree < (int)(sizeof(to_free) / sizeof(to_free[0])))
+          to_free[nfree++] = c;
+      } else if (kind == K_UP) {
+        gw_upconn_t *u = evs[i].data.ptr;
+        if (!u->owner) { /* idle in the pool: any event means it closed */
+          if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            up_close(w, u);
+          continue;
+        }
+        gw_conn_t *c = u->owner;
+        if (c->closing)
+          continue;
+        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+          u->rd_ready = true;
+        if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+          u->wr_ready = true;
+        pump(c);
+        if (c->closing && nfree < (int)(sizeof(to_free) / sizeof(to_free[0])))
+          to_free[nfree++] = c;
+      }
+    }
+    /* free after the batch: a later event in it may name the same conn */
+    for (int i = 0; i < nfree; i++) {
+      bool dup = false;
+      for (int j = 0; j < i && !dup; j++)
+        dup = to_free[j] == to_free[i];
+      if (!dup)
+        conn_free(to_free[i]);
+    }
+    int64_t now = now_ms();
+    while (w->nheap > 0 && w->heap[0]->deadline <= now) {
+      gw_conn_t *c = w->heap[0];
+      timer_cancel(c);
+      on_timer(c);
+      if (c->closing)
+        conn_free(c);
+    }
+    if (now - last_sweep >= 1000) {
+      sweep_pools(w);
+      last_sweep = now;
+    }
+    log_flush(w);
+  }
+  log_flush(w);
+  return NULL;
+}
+
+/* ---- start and stop ---------------------------------------------------------- */
+
+static int make_listener(gw_server_t *srv, char *err, size_t errlen) {
+  int fd = socket(srv->listen_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    snprintf(err, errlen, "socket: %s", strerror(errno));
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (bind(fd, (struct sockaddr *)&srv->listen_addr, srv->listen_addrlen) != 0 ||
+      listen(fd, 4096) != 0) {
+    snprintf(err, errlen, "cannot listen on the gateway address: %s", strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+int gw_workers_start(gw_server_t *srv, char *err, size_t errlen) {
+  for (int i = 0; i < srv->nworkers; i++) {
+    gw_worker_t *w = calloc(1, sizeof(*w));
+    if (!w) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    srv->workers[i] = w;
+    w->srv = srv;
+    w->index = i;
+    w->listen_kind = K_LISTEN;
+    w->wake_kind = K_WAKE;
+    randombytes_buf(&w->rng, sizeof(w->rng));
+    w->rng |= 1;
+    if ((w->lfd = make_listener(srv, err, errlen)) < 0)
+      return -1;
+    if (i == 0) {
+      /* port 0: every worker must bind the port the first one got */
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof(ss);
+      getsockname(w->lfd, (struct sockaddr *)&ss, &sl);
+      if (ss.ss_family == AF_INET) {
+        srv->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        ((struct sockaddr_in *)&srv->listen_addr)->sin_port = htons(srv->port);
+      } else {
+        srv->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        ((struct sockaddr_in6 *)&srv->listen_addr)->sin6_port = htons(srv->port);
+      }
+    }
+    w->ep = epoll_create1(EPOLL_CLOEXEC);
+    w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->ep < 0 || w->wakefd < 0) {
+      snprintf(err, errlen, "epoll: %s", strerror(errno));
+      return -1;
+    }
+    ep_add(w, w->lfd, &w->listen_kind, EPOLLIN | EPOLLEXCLUSIVE);
+    ep_add(w, w->wakefd, &w->wake_kind, EPOLLIN);
+  }
+  for (int i = 0; i < srv->nworkers; i++)
+    if (pthread_create(&srv->workers[i]->thread, NULL, worker_main, srv->workers[i]) != 0) {
+      snprintf(err, errlen, "cannot start worker threads");
+      return -1;
+    }
+  return 0;
+}
+
+void gw_stats_sum(gw_server_t *srv, gw_stats_t *out) {
+  memset(out, 0, sizeof(*out));
+#define SUM(f)                                                                                     \
+  atomic_fetch_add_explicit(&out->f, atomic_load_explicit(&w->stats.f, memory_order_relaxed),      \
+                            memory_order_relaxed)
+  for (int i = 0; i < srv->nworkers; i++) {
+    gw_worker_t *w = srv->workers[i];
+    if (!w)
+      continue;
+    for (int k = 0; k < 6; k++)
+      SUM(requests[k]);
+    for (int k = 0; k <= GW_LAT_BUCKETS; k++)
+      SUM(latency_bucket[k]);
+    SUM(upstream_errors);
+    SUM(bytes_in);
+    SUM(bytes_out);
+    SUM(latency_sum_us);
+  }
+#undef SUM
+  atomic_store(&out->connections_open, atomic_load(&srv->stats.connections_open));
+  atomic_store(&out->connections_total, atomic_load(&srv->stats.connections_total));
+}
+
+uint64_t gw_workers_min_gen(gw_server_t *srv) {
+  uint64_t min = UINT64_MAX;
+  for (int i = 0; i < srv->nworkers; i++) {
+    uint64_t g = atomic_load_explicit(&srv->workers[i]->gen, memory_order_acquire);
+    if (g < min)
+      min = g;
+  }
+  return min;
+}
+
+void gw_workers_stop(gw_server_t *srv, int64_t drain_ms) {
+  atomic_store(&srv->stopping, true);
+  for (int i = 0; i < srv->nworkers; i++) {
+    uint64_t one = 1;
+    ssize_t r = write(srv->workers[i]->wakefd, &one, sizeof(one));
+    (void)r;
+  }
+  /* workers exit when their connections are done; past the drain
+   * deadline the process ends anyway (main exits) */
+  int64_t deadline = now_ms() + drain_ms;
+  for (int i = 0; i < srv->nworkers; i++) {
+    gw_worker_t *w = srv->workers[i];
+    for (;;) {
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      int64_t left = deadline - now_ms();
+      if (left <= 0)
+        break;
+      ts.tv_sec += left / 1000;
+      ts.tv_nsec += (left % 1000) * 1000000;
+      if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+      }
+      if (pthread_timedjoin_np(w->thread, NULL, &ts) == 0) {
+        w->thread = 0;
+        break;
+      }
+    }
+  }
+}
