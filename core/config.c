@@ -174,6 +174,24 @@ const tg_cfg_key_t tg_config_keys[] = {
         .help = "gateway worker threads, each with its own epoll loop (0: one per core)",
     },
     {
+        .name = "gateway_tls_listen",
+        .type = TG_CFG_ADDR,
+        .def = "0.0.0.0:8443",
+        .help = "gateway HTTPS address, used when gateway_tls_certs is set",
+    },
+    {
+        .name = "gateway_tls_certs",
+        .type = TG_CFG_STRING,
+        .def = "",
+        .help = "CERT.pem:KEY.pem[,CERT:KEY...]: serve HTTPS; SNI picks the matching one",
+    },
+    {
+        .name = "gateway_upstream_ca",
+        .type = TG_CFG_STRING,
+        .def = "",
+        .help = "PEM CA bundle for https:// upstreams (default: the system store)",
+    },
+    {
         .name = "status_listen",
         .type = TG_CFG_ADDR,
         .def = "127.0.0.1:8100",

@@ -114,7 +114,12 @@ typedef struct gw_server {
   bool trust_forwarded;
   struct sockaddr_storage listen_addr;
   socklen_t listen_addrlen;
-  uint16_t port;     /* bound port */
+  uint16_t port;                 /* bound port */
+  struct ssl_ctx_st *tls_server; /* NULL: no TLS listener */
+  struct ssl_ctx_st *tls_client; /* for https:// targets; NULL if no CA store */
+  struct sockaddr_storage tls_addr;
+  socklen_t tls_addrlen;
+  uint16_t tls_port;
   int access_log_fd; /* -1: off */
   gw_stats_t stats;
   int64_t started_ms;

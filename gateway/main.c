@@ -24,6 +24,7 @@
 #include "core/store.h"
 #include "core/util.h"
 #include "gateway/gw.h"
+#include "gateway/tls.h"
 
 extern char **environ;
 
@@ -180,6 +181,20 @@ int main(int argc, char **argv) {
     goto out;
   }
   srv.listen_addrlen = len;
+  const char *certs = tg_config_str(cfg, "gateway_tls_certs");
+  if (*certs) {
+    unsigned tl = 0;
+    if (tg_addr_resolve(tg_config_str(cfg, "gateway_tls_listen"), "gateway_tls_listen",
+                        &srv.tls_addr, &tl, &p)) {
+      fail(p.field, p.detail);
+      goto out;
+    }
+    srv.tls_addrlen = tl;
+    if (!(srv.tls_server = gw_tls_server_ctx(certs, err, sizeof(err)))) {
+      fail("gateway_tls_certs", err);
+      goto out;
+    }
+  }
   if (cli.check_config) {
     tg_config_dump(cfg, stdout);
     rc = EXIT_SUCCESS;
@@ -202,6 +217,14 @@ int main(int argc, char **argv) {
   srv.nworkers = (int)tg_config_int(cfg, "gateway_workers");
   if (srv.nworkers == 0)
     srv.nworkers = ncpu > 0 ? (int)(ncpu > GW_MAX_WORKERS ? GW_MAX_WORKERS : ncpu) : 1;
+  /* https:// upstreams are verified against the system CA store */
+  srv.tls_client = gw_tls_client_ctx(tg_config_str(cfg, "gateway_upstream_ca"), err, sizeof(err));
+  if (!srv.tls_client && *tg_config_str(cfg, "gateway_upstream_ca")) {
+    fail("gateway_upstream_ca", err);
+    goto out;
+  }
+  if (!srv.tls_client)
+    tg_log(TG_LOG_WARN, "https upstreams disabled", "error", err, NULL);
   srv.access_log_fd = open_access_log(tg_config_str(cfg, "access_log"));
   if (srv.access_log_fd == -1 && strcmp(tg_config_str(cfg, "access_log"), "off") != 0) {
     fail("access_log", strerror(errno));
@@ -240,12 +263,13 @@ int main(int argc, char **argv) {
     fail(NULL, "cannot start the config thread");
     goto out;
   }
-  char port[16], sport[16], workers[16];
+  char port[16], sport[16], workers[16], tport[16];
   snprintf(port, sizeof(port), "%u", srv.port);
+  snprintf(tport, sizeof(tport), "%u", srv.tls_port);
   snprintf(sport, sizeof(sport), "%d", gw_status_port());
   snprintf(workers, sizeof(workers), "%d", srv.nworkers);
   tg_log(TG_LOG_INFO, "gateway listening", "port", port, "status_port", sport, "workers", workers,
-         NULL);
+         "tls_port", srv.tls_server ? tport : "", NULL);
 
   for (;;) {
     int sig = 0;

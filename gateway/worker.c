@@ -36,13 +36,14 @@
 
 #include "core/log.h"
 #include "gateway/gw.h"
+#include "gateway/tls.h"
 
 #define GW_IO_BUF   (16 * 1024)
 #define GW_EVENTS   256
 #define GW_LOG_BUF  (64 * 1024)
 #define GW_PATH_MAX 8192
 
-enum { K_LISTEN = 1, K_CLIENT, K_UP, K_WAKE };
+enum { K_LISTEN = 1, K_LISTEN_TLS, K_CLIENT, K_UP, K_WAKE };
 
 enum {
   S_HEAD,     /* reading a request head */
@@ -68,6 +69,8 @@ typedef struct gw_upconn {
   struct gw_upconn *next, *prev;
   int64_t idle_since;
   bool connected, rd_ready, wr_ready, reused;
+  SSL *ssl; /* https:// targets */
+  bool tls_ready;
   gw_buf_t rx;
 } gw_upconn_t;
 
@@ -88,6 +91,8 @@ struct gw_conn {
   gw_worker_t *w;
   int state;
   bool rd_ready, wr_ready, rd_eof, closing, close_after;
+  SSL *ssl; /* clients of gateway_tls_listen */
+  bool tls_ready;
   int heap_index;
   int64_t deadline;
   int deadline_status; /* 408 (client) or 504 (upstream) when it fires */
@@ -122,8 +127,8 @@ struct gw_worker {
   gw_stats_t stats; /* this worker's counters: no cache line shared on the hot path */
   int index;
   pthread_t thread;
-  int ep, lfd, wakefd;
-  uint8_t listen_kind, wake_kind;
+  int ep, lfd, tlsfd, wakefd;
+  uint8_t listen_kind, tls_kind, wake_kind;
   atomic_uint_fast64_t gen; /* snapshot generation this worker holds */
   gw_snapshot_t *snap;
   gw_conn_t **heap;
@@ -357,6 +362,7 @@ static void up_close(gw_worker_t *w, gw_upconn_t *u) {
     u->ts->nidle--;
   }
   epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
+  SSL_free(u->ssl);
   close(u->fd);
   buf_free(&u->rx);
   free(u);
@@ -371,6 +377,7 @@ static void up_release(gw_worker_t *w, gw_upconn_t *u, bool reusable) {
       w->draining) {
     /* not in the pool, so nothing to unlink: close it directly */
     epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
+    SSL_free(u->ssl);
     close(u->fd);
     buf_free(&u->rx);
     free(u);
@@ -400,11 +407,13 @@ static void conn_free(gw_conn_t *c) {
     c->up->owner = NULL;
     c->up->ts = NULL; /* never pooled: it is mid-exchange */
     epoll_ctl(w->ep, EPOLL_CTL_DEL, c->up->fd, NULL);
+    SSL_free(c->up->ssl);
     close(c->up->fd);
     buf_free(&c->up->rx);
     free(c->up);
   }
   epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+  SSL_free(c->ssl);
   close(c->fd);
   buf_free(&c->rx);
   buf_free(&c->tx);
@@ -682,7 +691,7 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
          buf_puts(b, ", ") && buf_puts(b, c->client_ip) && buf_puts(b, "\r\n");
   } else if (ok) {
     ok = put_header(b, "X-Forwarded-For", c->client_ip, strlen(c->client_ip));
-    ok = ok && put_header(b, "X-Forwarded-Proto", "http", 4);
+    ok = ok && put_header(b, "X-Forwarded-Proto", c->ssl ? "https" : "http", c->ssl ? 5 : 4);
     if (host)
       ok = ok && put_header(b, "X-Forwarded-Host", host->value, host->value_len);
   }
@@ -732,24 +741,18 @@ static void client_read(gw_conn_t *c) {
     size_t space = buf_space(&c->rx);
     if (space == 0)
       return;
-    ssize_t n = read(c->fd, c->rx.data + c->rx.end, space);
+    ssize_t n =
+        gw_io_read(c->fd, c->ssl, c->rx.data + c->rx.end, space, &c->rd_ready, &c->wr_ready);
     if (n > 0) {
       c->rx.end += (size_t)n;
       c->bytes_in += n;
       continue;
     }
-    if (n == 0) {
-      c->rd_eof = true;
+    if (n == GW_IO_AGAIN)
       return;
-    }
-    if (errno == EINTR)
-      continue;
-    if (errno == EAGAIN) {
-      c->rd_ready = false;
-      return;
-    }
     c->rd_eof = true;
-    conn_close(c);
+    if (n == GW_IO_ERROR)
+      conn_close(c);
     return;
   }
 }
@@ -759,17 +762,14 @@ static bool client_flush(gw_conn_t *c) {
   while (buf_len(&c->tx) > 0) {
     if (!c->wr_ready)
       return false;
-    ssize_t n = write(c->fd, c->tx.data + c->tx.start, buf_len(&c->tx));
+    ssize_t n = gw_io_write(c->fd, c->ssl, c->tx.data + c->tx.start, buf_len(&c->tx), &c->rd_ready,
+                            &c->wr_ready);
     if (n > 0) {
       c->tx.start += (size_t)n;
       continue;
     }
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && errno == EAGAIN) {
-      c->wr_ready = false;
+    if (n == GW_IO_AGAIN)
       return false;
-    }
     conn_close(c);
     return false;
   }
@@ -811,6 +811,7 @@ static bool upstream_attach(gw_conn_t *c) {
       u->owner = NULL;
       u->ts = NULL;
       epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
+      SSL_free(u->ssl);
       close(u->fd);
       buf_free(&u->rx);
       free(u);
@@ -823,8 +824,8 @@ static bool upstream_attach(gw_conn_t *c) {
     c->up = u;
     return true;
   }
-  if (c->target->https) {
-    respond_problem(c, 502, "HTTPS upstreams are not supported by this build yet", true);
+  if (c->target->https && !w->srv->tls_client) {
+    respond_problem(c, 502, "no CA certificates to verify HTTPS upstreams with", false);
     return false;
   }
   int fd = socket(c->target->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -845,9 +846,17 @@ static bool upstream_attach(gw_conn_t *c) {
   u->fd = fd;
   u->ts = ts;
   u->owner = c;
+  if (c->target->https && !(u->ssl = gw_tls_client_new(w->srv->tls_client, fd, c->target->host))) {
+    close(fd);
+    buf_free(&u->rx);
+    free(u);
+    respond_problem(c, 502, "cannot start TLS toward the upstream", false);
+    return false;
+  }
   int rc = connect(fd, (struct sockaddr *)&c->target->addr, c->target->addrlen);
   u->connected = rc == 0;
   if (rc != 0 && errno != EINPROGRESS) {
+    SSL_free(u->ssl);
     close(fd);
     buf_free(&u->rx);
     free(u);
@@ -949,17 +958,14 @@ static bool upstream_flush(gw_conn_t *c) {
   while (buf_len(&c->utx) > 0) {
     if (!u->wr_ready)
       return false;
-    ssize_t n = send(u->fd, c->utx.data + c->utx.start, buf_len(&c->utx), MSG_NOSIGNAL);
+    ssize_t n = gw_io_write(u->fd, u->ssl, c->utx.data + c->utx.start, buf_len(&c->utx),
+                            &u->rd_ready, &u->wr_ready);
     if (n > 0) {
       c->utx.start += (size_t)n;
       continue;
     }
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && errno == EAGAIN) {
-      u->wr_ready = false;
+    if (n == GW_IO_AGAIN)
       return false;
-    }
     upstream_failed(c, 502, "the upstream closed the connection");
     return false;
   }
@@ -974,19 +980,14 @@ static int upstream_read(gw_conn_t *c) {
     size_t space = buf_space(&u->rx);
     if (space == 0)
       return 0;
-    ssize_t n = read(u->fd, u->rx.data + u->rx.end, space);
+    ssize_t n =
+        gw_io_read(u->fd, u->ssl, u->rx.data + u->rx.end, space, &u->rd_ready, &u->wr_ready);
     if (n > 0) {
       u->rx.end += (size_t)n;
       continue;
     }
-    if (n == 0)
-      return -1;
-    if (errno == EINTR)
-      continue;
-    if (errno == EAGAIN) {
-      u->rd_ready = false;
+    if (n == GW_IO_AGAIN)
       return 0;
-    }
     return -1;
   }
   return 0;
@@ -1297,6 +1298,14 @@ static void start_request(gw_conn_t *c) {
 }
 
 static void pump(gw_conn_t *c) {
+  if (c->ssl && !c->tls_ready) {
+    int h = gw_io_handshake(c->ssl, &c->rd_ready, &c->wr_ready);
+    if (h < 0)
+      conn_close(c);
+    if (h <= 0)
+      return;
+    c->tls_ready = true;
+  }
   for (int guard = 0; guard < 64 && !c->closing; guard++) {
     int state = c->state;
     size_t rx0 = buf_len(&c->rx), tx0 = buf_len(&c->tx);
@@ -1350,6 +1359,16 @@ static void pump(gw_conn_t *c) {
         }
         u->connected = true;
         timer_set(c, c->route->write_ms, 504);
+      }
+      if (u->ssl && !u->tls_ready) {
+        int h = gw_io_handshake(u->ssl, &u->rd_ready, &u->wr_ready);
+        if (h < 0) {
+          upstream_failed(c, 502, "TLS with the upstream failed (certificate not trusted?)");
+          continue;
+        }
+        if (h == 0)
+          return;
+        u->tls_ready = true;
       }
       /* 100 Continue to the client, request body toward the upstream */
       if (buf_len(&c->tx) > 0 && state == S_UPSTREAM && !client_flush(c) && c->closing)
@@ -1449,12 +1468,13 @@ static void on_timer(gw_conn_t *c) {
   pump(c);
 }
 
-static void accept_all(gw_worker_t *w) {
+static void accept_all(gw_worker_t *w, bool tls) {
   gw_server_t *srv = w->srv;
   for (;;) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
-    int fd = accept4(w->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd =
+        accept4(tls ? w->tlsfd : w->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR)
         continue;
@@ -1467,10 +1487,16 @@ static void accept_all(gw_worker_t *w) {
       continue;
     }
     gw_conn_t *c = calloc(1, sizeof(*c));
-    if (!c || !buf_init(&c->rx, 4096)) {
+    if (!c || !buf_init(&c->rx, 4096) || (tls && !(c->ssl = SSL_new(srv->tls_server)))) {
+      if (c)
+        buf_free(&c->rx);
       free(c);
       close(fd);
       continue;
+    }
+    if (c->ssl) {
+      SSL_set_fd(c->ssl, fd);
+      SSL_set_accept_state(c->ssl);
     }
     atomic_fetch_add_explicit(&srv->live_connections, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&srv->stats.connections_open, 1, memory_order_relaxed);
@@ -1532,6 +1558,11 @@ static void *worker_main(void *arg) {
       epoll_ctl(w->ep, EPOLL_CTL_DEL, w->lfd, NULL);
       close(w->lfd);
       w->lfd = -1;
+      if (w->tlsfd >= 0) {
+        epoll_ctl(w->ep, EPOLL_CTL_DEL, w->tlsfd, NULL);
+        close(w->tlsfd);
+        w->tlsfd = -1;
+      }
     }
     if (w->draining && w->nconns == 0)
       break;
@@ -1547,8 +1578,8 @@ static void *worker_main(void *arg) {
     for (int i = 0; i < n; i++) {
       uint8_t kind = *(uint8_t *)evs[i].data.ptr;
       uint32_t e = evs[i].events;
-      if (kind == K_LISTEN) {
-        accept_all(w);
+      if (kind == K_LISTEN || kind == K_LISTEN_TLS) {
+        accept_all(w, kind == K_LISTEN_TLS);
       } else if (kind == K_WAKE) {
         uint64_t v;
         ssize_t r = read(w->wakefd, &v, sizeof(v));
@@ -1611,8 +1642,9 @@ static void *worker_main(void *arg) {
 
 /* ---- start and stop ---------------------------------------------------------- */
 
-static int make_listener(gw_server_t *srv, char *err, size_t errlen) {
-  int fd = socket(srv->listen_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+static int make_listener(struct sockaddr_storage *addr, socklen_t addrlen, char *err,
+                         size_t errlen) {
+  int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     snprintf(err, errlen, "socket: %s", strerror(errno));
     return -1;
@@ -1620,13 +1652,28 @@ static int make_listener(gw_server_t *srv, char *err, size_t errlen) {
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-  if (bind(fd, (struct sockaddr *)&srv->listen_addr, srv->listen_addrlen) != 0 ||
-      listen(fd, 4096) != 0) {
+  if (bind(fd, (struct sockaddr *)addr, addrlen) != 0 || listen(fd, 4096) != 0) {
     snprintf(err, errlen, "cannot listen on the gateway address: %s", strerror(errno));
     close(fd);
     return -1;
   }
   return fd;
+}
+
+/* The port fd is bound to, written back into addr for the next worker. */
+static uint16_t pin_port(int fd, struct sockaddr_storage *addr) {
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof(ss);
+  getsockname(fd, (struct sockaddr *)&ss, &sl);
+  uint16_t port;
+  if (ss.ss_family == AF_INET) {
+    port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    ((struct sockaddr_in *)addr)->sin_port = htons(port);
+  } else {
+    port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    ((struct sockaddr_in6 *)addr)->sin6_port = htons(port);
+  }
+  return port;
 }
 
 int gw_workers_start(gw_server_t *srv, char *err, size_t errlen) {
@@ -1640,23 +1687,20 @@ int gw_workers_start(gw_server_t *srv, char *err, size_t errlen) {
     w->srv = srv;
     w->index = i;
     w->listen_kind = K_LISTEN;
+    w->tls_kind = K_LISTEN_TLS;
     w->wake_kind = K_WAKE;
+    w->tlsfd = -1;
     randombytes_buf(&w->rng, sizeof(w->rng));
     w->rng |= 1;
-    if ((w->lfd = make_listener(srv, err, errlen)) < 0)
+    if ((w->lfd = make_listener(&srv->listen_addr, srv->listen_addrlen, err, errlen)) < 0)
       return -1;
-    if (i == 0) {
-      /* port 0: every worker must bind the port the first one got */
-      struct sockaddr_storage ss;
-      socklen_t sl = sizeof(ss);
-      getsockname(w->lfd, (struct sockaddr *)&ss, &sl);
-      if (ss.ss_family == AF_INET) {
-        srv->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        ((struct sockaddr_in *)&srv->listen_addr)->sin_port = htons(srv->port);
-      } else {
-        srv->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        ((struct sockaddr_in6 *)&srv->listen_addr)->sin6_port = htons(srv->port);
-      }
+    if (i == 0) /* port 0: every worker must bind the port the first one got */
+      srv->port = pin_port(w->lfd, &srv->listen_addr);
+    if (srv->tls_server) {
+      if ((w->tlsfd = make_listener(&srv->tls_addr, srv->tls_addrlen, err, errlen)) < 0)
+        return -1;
+      if (i == 0)
+        srv->tls_port = pin_port(w->tlsfd, &srv->tls_addr);
     }
     w->ep = epoll_create1(EPOLL_CLOEXEC);
     w->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -1665,6 +1709,8 @@ int gw_workers_start(gw_server_t *srv, char *err, size_t errlen) {
       return -1;
     }
     ep_add(w, w->lfd, &w->listen_kind, EPOLLIN | EPOLLEXCLUSIVE);
+    if (w->tlsfd >= 0)
+      ep_add(w, w->tlsfd, &w->tls_kind, EPOLLIN | EPOLLEXCLUSIVE);
     ep_add(w, w->wakefd, &w->wake_kind, EPOLLIN);
   }
   for (int i = 0; i < srv->nworkers; i++)

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""tollgate-gateway over TLS: SNI, protocol floor, ALPN, and HTTPS upstreams.
+
+Usage: test_gateway_tls.py TOLLGATE_GATEWAY TOLLGATE_CLI
+Prints "name: ok|FAIL" per test and "N passed, M failed"; exits 1 on failure.
+The APIs are written straight into the migrated store (the admin API has
+its own tests); the upstream is a Python HTTPS server on loopback.
+"""
+import http.client
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+GATEWAY, CLI = sys.argv[1], sys.argv[2]
+
+
+def env():
+    return {k: v for k, v in os.environ.items() if not k.startswith('TOLLGATE_')}
+
+
+def make_cert(d, name, san):
+    crt, key = os.path.join(d, name + '.crt'), os.path.join(d, name + '.key')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt',
+                    'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj',
+                    '/CN=' + name, '-addext', 'subjectAltName=' + san, '-keyout', key,
+                    '-out', crt], check=True, timeout=30, capture_output=True)
+    return crt, key
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def do_GET(self):
+        body = json.dumps({'path': self.path, 'headers': dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+class Box:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix='tg-gwtls-')
+        self.conf = os.path.join(self.dir, 'empty.conf')
+        open(self.conf, 'w').close()
+        self.db = os.path.join(self.dir, 't.db')
+        self.common = ['--config', self.conf, '--db-path', self.db,
+                       '--secret-file', os.path.join(self.dir, 'secret')]
+        subprocess.run([CLI] + self.common + ['migrate'], check=True, env=env(), timeout=30,
+                       capture_output=True)
+        self.a = make_cert(self.dir, 'a.test', 'DNS:a.test')
+        self.b = make_cert(self.dir, 'b.test', 'DNS:b.test')
+        self.up = make_cert(self.dir, 'upstream', 'IP:127.0.0.1')
+        # an HTTPS upstream with the 'upstream' certificate
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Echo)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*self.up)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.up_port = self.httpd.server_address[1]
+        con = sqlite3.connect(self.db)
+        for slug, url in (('sec', 'https://127.0.0.1:%d/base' % self.up_port),):
+            aid = 'api_01TTEST' + '0' * 19
+            tid = 'tgt_01TTEST' + '0' * 19
+            con.execute("INSERT INTO apis (id, slug, name, path_prefix, strip_prefix, "
+                        "created_at, updated_at) VALUES (?, ?, ?, '/sec', 1, 1, 1)",
+                        (aid, slug, slug))
+            con.execute("INSERT INTO targets (id, api_id, url, created_at, updated_at) "
+                        "VALUES (?, ?, ?, 1, 1)", (tid, aid, url))
+        con.commit()
+        con.close()
+        self.proc = None
+
+    def start(self, *extra):
+        self.log = open(os.path.join(self.dir, 'gw.log'), 'w+')
+        certs = '%s:%s,%s:%s' % (self.a[0], self.a[1], self.b[0], self.b[1])
+        self.proc = subprocess.Popen(
+            [GATEWAY] + self.common + ['--gateway-listen', '127.0.0.1:0', '--status-listen',
+                                       '127.0.0.1:0', '--gateway-tls-listen', '127.0.0.1:0',
+                                       '--gateway-tls-certs', certs, '--access-log', 'off',
+                                       '--log-format', 'text'] + list(extra),
+            stderr=self.log, env=env())
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            self.log.seek(0)
+            text = self.log.read()
+            m = re.search(r' port=(\d+).*tls_port=(\d+)', text)
+            if m:
+                self.port, self.tls_port = int(m.group(1)), int(m.group(2))
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.log.seek(0)
+        raise AssertionError('gateway did not start: ' + self.log.read())
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            rc = self.proc.wait(timeout=15)
+            assert rc == 0, 'gateway exit code %r' % rc
+        self.httpd.shutdown()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def tls_get(self, sni, cafile, path='/sec/x', **ctxopts):
+        ctx = ssl.create_default_context(cafile=cafile)
+        for k, v in ctxopts.items():
+            setattr(ctx, k, v)
+        ctx.set_alpn_protocols(['h2', 'http/1.1'])
+        s = socket.create_connection(('127.0.0.1', self.tls_port), timeout=10)
+        ts = ctx.wrap_socket(s, server_hostname=sni)
+        c = http.client.HTTPConnection('127.0.0.1', self.tls_port, timeout=10)
+        c.sock = ts
+        c.request('GET', path, headers={'Host': sni})
+        r = c.getresponse()
+        body = r.read()
+        alpn = ts.selected_alpn_protocol()
+        c.close()
+        return r.status, body, alpn
+
+
+def test_sni_picks_the_matching_certificate():
+    b = Box()
+    try:
+        b.start('--gateway-upstream-ca', b.up[0])
+        for name, cert in (('a.test', b.a[0]), ('b.test', b.b[0])):
+            status, body, alpn = b.tls_get(name, cert)
+            assert status == 200, (name, status, body)
+            assert alpn == 'http/1.1', alpn
+        # b.test presented with a's CA only: the gateway served b's certificate
+        try:
+            b.tls_get('b.test', b.a[0])
+            raise AssertionError('b.test verified against a.test\'s certificate')
+        except ssl.SSLCertVerificationError:
+            pass
+    finally:
+        b.close()
+
+
+def test_forwarded_proto_and_https_upstream():
+    b = Box()
+    try:
+        b.start('--gateway-upstream-ca', b.up[0])
+        status, body, _ = b.tls_get('a.test', b.a[0], '/sec/hello?q=1')
+        assert status == 200, (status, body)
+        echo = json.loads(body)
+        assert echo['path'] == '/base/hello?q=1', echo
+        assert echo['headers'].get('X-Forwarded-Proto') == 'https', echo['headers']
+        # plain HTTP listener still works, and says http
+        c = http.client.HTTPConnection('127.0.0.1', b.port, timeout=10)
+        c.request('GET', '/sec/x')
+        r = c.getresponse()
+        echo = json.loads(r.read())
+        assert r.status == 200 and echo['headers']['X-Forwarded-Proto'] == 'http', echo
+    finally:
+        b.close()
+
+
+def test_untrusted_upstream_certificate_is_502():
+    b = Box()
+    try:
+        b.start()  # system CA store: the self-signed upstream is not trusted
+        c = http.client.HTTPConnection('127.0.0.1', b.port, timeout=10)
+        c.request('GET', '/sec/x')
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 502, (r.status, body)
+        assert r.getheader('Content-Type') == 'application/problem+json', r.getheaders()
+        assert b'TLS' in body, body
+    finally:
+        b.close()
+
+
+def handshake(port, lo, hi):
+    """Try a handshake limited to TLS versions lo..hi; return the version or raise."""
+    import warnings
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_ciphers('ALL:@SECLEVEL=0')  # let this client offer old versions at all
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        ctx.minimum_version = lo
+        ctx.maximum_version = hi
+    s = socket.create_connection(('127.0.0.1', port), timeout=10)
+    try:
+        ts = ctx.wrap_socket(s, server_hostname='a.test')
+        v = ts.version()
+        ts.close()
+        return v
+    finally:
+        s.close()
+
+
+def test_tls_1_2_and_1_3_only():
+    b = Box()
+    try:
+        b.start('--gateway-upstream-ca', b.up[0])
+        assert handshake(b.tls_port, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2) == 'TLSv1.2'
+        assert handshake(b.tls_port, ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3) == 'TLSv1.3'
+        try:
+            v = handshake(b.tls_port, ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
+            raise AssertionError('the gateway accepted %s' % v)
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+    finally:
+        b.close()
+
+
+def test_bad_certificate_settings_fail_at_start():
+    b = Box()
+    try:
+        p = subprocess.run([GATEWAY] + b.common + ['--gateway-tls-certs', b.a[0] + ':' + b.b[1],
+                                                   '--gateway-listen', '127.0.0.1:0',
+                                                   '--status-listen', '127.0.0.1:0'],
+                           env=env(), timeout=30, capture_output=True, text=True)
+        assert p.returncode != 0 and 'gateway_tls_certs' in p.stderr, (p.returncode, p.stderr)
+        p = subprocess.run([GATEWAY] + b.common + ['--gateway-tls-certs', 'nocolon.pem',
+                                                   '--gateway-listen', '127.0.0.1:0',
+                                                   '--status-listen', '127.0.0.1:0'],
+                           env=env(), timeout=30, capture_output=True, text=True)
+        assert p.returncode != 0 and 'CERT.pem:KEY.pem' in p.stderr, (p.returncode, p.stderr)
+    finally:
+        b.close()
+
+
+def main():
+    tests = [v for k, v in sorted(globals().items()) if k.startswith('test_')]
+    passed = failed = 0
+    for t in tests:
+        try:
+            t()
+            print('%s: ok' % t.__name__)
+            passed += 1
+        except Exception:
+            print('%s: FAIL' % t.__name__)
+            traceback.print_exc()
+            failed += 1
+        sys.stdout.flush()
+    print('%d passed, %d failed' % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == '__main__':
+    main()
