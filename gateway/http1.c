@@ -130,7 +130,7 @@ static int stopped(const unsigned char *b, size_t len, size_t p, size_t cb) {
 
 static size_t scan_value(const unsigned char *b, size_t p, size_t e) {
   const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-  while (e - p >= 8) {
+  while (p + 8 <= e) {
     uint64_t v, d, hit;
     memcpy(&v, b + p, 8);
     d = v ^ (ones * 0x7f);
@@ -402,7 +402,7 @@ static int parse_fields(const unsigned char *b, size_t len, size_t p, size_t max
         return 0;
       if (b[p + 1] != '\n')
         return fail(err, 400, "A bare CR was received in the message head.");
-      if (p + 2 > max_head)
+      if (p + 2 > max_head) /* never: every line before kept room for this one */
         return fail(err, 431, too_big);
       *head_len = p + 2;
       return 1;

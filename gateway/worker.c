@@ -1044,8 +1044,10 @@ static void parse_response_head(gw_conn_t *c) {
     c->resp_mode = client_11 ? 3 : 4;
   if (c->resp_mode == 4)
     c->close_after = true;
-  /* the upstream connection is reusable only if the response is framed */
-  bool up_keep = rh.keep_alive && (c->resp_mode == 0 || c->resp_mode == 1 || c->resp_mode == 2);
+  /* the upstream connection is reusable only if the response is framed;
+   * a body-less answer (HEAD, 204, 304) is framed whatever its headers */
+  bool up_keep = (has_body ? rh.keep_alive : !(rh.conn_flags & GW_CONN_CLOSE)) &&
+                 (c->resp_mode == 0 || c->resp_mode == 1 || c->resp_mode == 2);
   gw_chunked_init(&c->resp_dec);
   if (!buf_init(&c->tx, GW_IO_BUF)) {
     conn_close(c);

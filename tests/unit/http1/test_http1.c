@@ -179,6 +179,7 @@ static const req_case_t req_cases[] = {
     BAD("bare LF ends the request line", "GET / HTTP/1.1\n" H "\r\n", 400),
     BAD("bare CR ends the request line", "GET / HTTP/1.1\r" H "\r\n", 400),
     BAD("bare LF only", "\n" RL H "\r\n", 400),
+    BAD("bare CR before the request line", "\r" RL H "\r\n", 400),
 
     /* header lines */
     BAD("bare LF ends a header line", RL "Host: h\n\r\n", 400),
@@ -398,8 +399,9 @@ TG_TEST(methods) {
     ASSERT_INT_EQ(h.method, ms[i].m);
     ASSERT_SPAN(h.method_str, h.method_len, ms[i].name);
   }
-  static const char *unsupported[] = {"CONNECT",  "TRACE", "Get", "gET", "PRI",
-                                      "PROPFIND", "GETS",  "POS", "-",   "M-SEARCH"};
+  static const char *unsupported[] = {"CONNECT",  "TRACE",    "Get",     "gET",
+                                      "PRI",      "PROPFIND", "GETS",    "POS",
+                                      "M-SEARCH", "DELETX",   "OPTIONZ", "-"};
   for (size_t i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
     char buf[128];
     int n = snprintf(buf, sizeof(buf), "%s / HTTP/1.1\r\n" H "\r\n", unsupported[i]);
@@ -733,6 +735,14 @@ TG_TEST(request_line_limit) {
   ASSERT_INT_EQ(parse_req(buf, 63, &lim, &h, &err), -1);
   ASSERT_INT_EQ(err.status, 414);
   ASSERT_INT_EQ(parse_req(buf, 200, &lim, &h, &err), -1);
+  ASSERT_INT_EQ(err.status, 414);
+
+  /* a percent-escape that cannot fit before the limit fails at its "%" */
+  memcpy(buf, "GET /", 5);
+  memset(buf + 5, 'a', 55);
+  memcpy(buf + 60, "%41 HTTP/1.1\r\n", 15);
+  ASSERT_INT_EQ(parse_req(buf, 60, &lim, &h, &err), 0);
+  ASSERT_INT_EQ(parse_req(buf, 61, &lim, &h, &err), -1);
   ASSERT_INT_EQ(err.status, 414);
 
   /* the leading empty line is not part of the request line */
@@ -1191,6 +1201,7 @@ static const chunk_case_t chunk_invalid[] = {
     CH("NUL in extension", "5;a\0b\r\nhello\r\n0\r\n\r\n", NULL),
     CH("bare LF in extension", "5;a\nhello\r\n0\r\n\r\n", NULL),
     CH("control char in quoted extension", "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n", NULL),
+    CH("control char escaped in quoted extension", "5;a=\"\\\x01\"\r\nhello\r\n0\r\n\r\n", NULL),
     CH("obs-fold trailer", "0\r\nX: a\r\n b\r\n\r\n", NULL),
     CH("trailer without colon", "0\r\nX\r\n\r\n", NULL),
     CH("trailer space before colon", "0\r\nX : a\r\n\r\n", NULL),
