@@ -76,8 +76,8 @@ typedef struct gw_upconn {
 
 /* Per worker, per upstream target: pool, balancing, passive health. */
 struct gw_tstate {
-  char id[GW_ID_LEN + 1];
-  gw_upconn_t *idle; /* doubly linked */
+  char id[GW_ID_LEN + 300]; /* "<target id>|<host:port>|<https>" */
+  gw_upconn_t *idle;        /* doubly linked */
   int nidle;
   int current_weight; /* smooth weighted round robin */
   int failures;       /* consecutive */
@@ -97,8 +97,16 @@ struct gw_conn {
   int64_t deadline;
   int deadline_status; /* 408 (client) or 504 (upstream) when it fires */
   gw_buf_t rx, tx, utx;
-  /* the request in flight */
+  /* the request in flight; its head is copied to headbuf and parsed
+   * there, so it stays valid while rx moves on (retries rebuild from it) */
   gw_request_head_t req;
+  char *headbuf;
+  size_t headcap;
+  gw_snapshot_t *snap; /* the snapshot route and target point into */
+  const char *method_name;
+  uint64_t moved;     /* bytes moved by any I/O: progress detection */
+  uint64_t resp_sent; /* response bytes written to the client */
+  bool queued, dead;
   const gw_route_t *route;
   const gw_target_t *target;
   gw_upconn_t *up;
@@ -139,6 +147,18 @@ struct gw_worker {
   char logbuf[GW_LOG_BUF];
   size_t loglen;
   uint64_t rng;
+  /* snapshots still used by in-flight requests (see snap_hold) */
+  struct {
+    gw_snapshot_t *snap;
+    int refs;
+  } held[16];
+  int nheld;
+  /* connections whose pump() stopped at its guard with work left */
+  gw_conn_t **again;
+  int nagain, capagain;
+  /* connections closed during an event batch, freed after it */
+  gw_conn_t **dead;
+  int ndead, capdead;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -286,15 +306,19 @@ static unsigned id_hash(const char *id) {
   return h & 255;
 }
 
-static gw_tstate_t *tstate(gw_worker_t *w, const char *id) {
-  unsigned b = id_hash(id);
+/* Target state is keyed by the target's id and address, so that a
+ * target whose URL changed gets a fresh pool instead of old connections. */
+static gw_tstate_t *tstate(gw_worker_t *w, const gw_target_t *tg) {
+  char key[sizeof(((gw_tstate_t *)0)->id)];
+  snprintf(key, sizeof(key), "%s|%s|%d", tg->id, tg->host_header, tg->https);
+  unsigned b = id_hash(key);
   for (gw_tstate_t *t = w->tbuckets[b]; t; t = t->hnext)
-    if (strcmp(t->id, id) == 0)
+    if (strcmp(t->id, key) == 0)
       return t;
   gw_tstate_t *t = calloc(1, sizeof(*t));
   if (!t)
     return NULL;
-  snprintf(t->id, sizeof(t->id), "%s", id);
+  snprintf(t->id, sizeof(t->id), "%s", key);
   t->hnext = w->tbuckets[b];
   w->tbuckets[b] = t;
   return t;
@@ -309,7 +333,7 @@ static const gw_target_t *pick_target(gw_worker_t *w, const gw_route_t *r,
   int64_t now = now_ms();
   for (int i = 0; i < r->ntargets; i++) {
     const gw_target_t *t = &r->targets[i];
-    gw_tstate_t *ts = tstate(w, t->id);
+    gw_tstate_t *ts = tstate(w, t);
     if (!ts || !t->resolved || ts->down_until > now || (t == avoid && r->ntargets > 1))
       continue;
     ts->current_weight += t->weight;
@@ -325,7 +349,7 @@ static const gw_target_t *pick_target(gw_worker_t *w, const gw_route_t *r,
 }
 
 static void target_failed(gw_worker_t *w, const gw_target_t *t) {
-  gw_tstate_t *ts = tstate(w, t->id);
+  gw_tstate_t *ts = tstate(w, t);
   if (!ts)
     return;
   /* 3 consecutive failures take a target out for 10 s (passive health) */
@@ -337,9 +361,53 @@ static void target_failed(gw_worker_t *w, const gw_target_t *t) {
 }
 
 static void target_ok(gw_worker_t *w, const gw_target_t *t) {
-  gw_tstate_t *ts = tstate(w, t->id);
+  gw_tstate_t *ts = tstate(w, t);
   if (ts)
     ts->failures = 0;
+}
+
+/* ---- snapshots held by requests ------------------------------------------ */
+
+static void snap_hold(gw_worker_t *w, gw_snapshot_t *snap) {
+  for (int i = 0; i < w->nheld; i++)
+    if (w->held[i].snap == snap) {
+      w->held[i].refs++;
+      return;
+    }
+  if (w->nheld < 16) {
+    w->held[w->nheld].snap = snap;
+    w->held[w->nheld].refs = 1;
+    w->nheld++;
+  }
+}
+
+static void snap_release(gw_worker_t *w, gw_snapshot_t *snap) {
+  for (int i = 0; i < w->nheld; i++)
+    if (w->held[i].snap == snap) {
+      if (--w->held[i].refs == 0)
+        w->held[i] = w->held[--w->nheld];
+      return;
+    }
+}
+
+/* The generation this worker may still touch: its current snapshot's, or
+ * an older one that an in-flight request holds. The config thread frees a
+ * snapshot only below every worker's published generation. */
+static void publish_gen(gw_worker_t *w) {
+  uint64_t g = w->snap ? w->snap->gen : 0;
+  for (int i = 0; i < w->nheld; i++)
+    if (w->held[i].snap && w->held[i].snap->gen < g)
+      g = w->held[i].snap->gen;
+  atomic_store_explicit(&w->gen, g, memory_order_release);
+}
+
+static void request_release(gw_conn_t *c) {
+  if (c->snap) {
+    snap_release(c->w, c->snap);
+    c->snap = NULL;
+  }
+  c->route = NULL;
+  c->target = NULL;
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -403,6 +471,11 @@ static void conn_close(gw_conn_t *c) {
 static void conn_free(gw_conn_t *c) {
   gw_worker_t *w = c->w;
   timer_cancel(c);
+  request_release(c);
+  free(c->headbuf);
+  for (int i = 0; i < w->nagain; i++)
+    if (w->again[i] == c)
+      w->again[i] = NULL;
   if (c->up) {
     c->up->owner = NULL;
     c->up->ts = NULL; /* never pooled: it is mid-exchange */
@@ -466,13 +539,12 @@ static void access_log(gw_conn_t *c) {
     log_flush(w);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
   int64_t ms = now_ms() - c->started_ms;
   int n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
                    "{\"time\":%lld.%03ld,\"request_id\":\"%s\",\"client\":\"%s\",\"method\":\"%s\","
                    "\"path\":\"",
                    (long long)ts.tv_sec, ts.tv_nsec / 1000000, c->request_id, c->client_ip,
-                   c->status ? methods[c->method] : "-");
+                   c->method_name ? c->method_name : "-");
   if (n < 0 || (size_t)n >= GW_LOG_BUF - w->loglen)
     return;
   w->loglen += (size_t)n;
@@ -552,6 +624,7 @@ static const char *problem_slug(int s) {
  * stream can no longer be trusted (a framing error, an unread body).
  */
 static void respond_problem(gw_conn_t *c, int status, const char *detail, bool close_after) {
+  close_after = close_after || c->w->draining;
   char body[768];
   int bl = snprintf(body, sizeof(body),
                     "{\"type\":\"https://tollgate.dev/problems/%s\",\"title\":\"%s\",\"status\":%d,"
@@ -571,10 +644,9 @@ static void respond_problem(gw_conn_t *c, int status, const char *detail, bool c
     return;
   }
   c->tx.start = c->tx.end = 0;
-  if (c->method != GW_HEAD || !c->status)
-    buf_put(&c->tx, head, (size_t)hl), buf_put(&c->tx, body, (size_t)bl);
-  else
-    buf_put(&c->tx, head, (size_t)hl);
+  buf_put(&c->tx, head, (size_t)hl);
+  if (!(c->method_name && c->method == GW_HEAD))
+    buf_put(&c->tx, body, (size_t)bl);
   c->status = status;
   c->close_after = c->close_after || close_after;
   c->bytes_out += hl + bl;
@@ -602,6 +674,27 @@ static const gw_header_t *find_header(const gw_request_head_t *h, const char *lo
   return NULL;
 }
 
+/* Whether h's name is listed in one of the Connection headers. */
+static bool named_in_connection(const gw_header_t *hs, unsigned n, const gw_header_t *h) {
+  for (unsigned i = 0; i < n; i++) {
+    const gw_header_t *ch = &hs[i];
+    if (!gw_header_is(ch, "connection"))
+      continue;
+    const char *v = ch->value, *end = v + ch->value_len;
+    while (v < end) {
+      while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
+        v++;
+      const char *t = v;
+      while (v < end && *v != ',' && *v != ' ' && *v != '\t')
+        v++;
+      size_t tl = (size_t)(v - t);
+      if (tl && tl == h->name_len && strncasecmp(t, h->name, tl) == 0)
+        return true;
+    }
+  }
+  return false;
+}
+
 /* Headers never forwarded: hop-by-hop (RFC 9110 7.6.1) plus the ones the
  * gateway sets itself. Also any named in Connection. */
 static bool drop_request_header(const gw_request_head_t *req, const gw_header_t *h,
@@ -618,23 +711,7 @@ static bool drop_request_header(const gw_request_head_t *req, const gw_header_t 
        gw_header_is(h, "x-forwarded-host") || gw_header_is(h, "forwarded")))
     return true;
   /* names listed in Connection are hop-by-hop too */
-  for (unsigned i = 0; i < req->nheaders; i++) {
-    const gw_header_t *ch = &req->headers[i];
-    if (!gw_header_is(ch, "connection"))
-      continue;
-    const char *v = ch->value, *end = v + ch->value_len;
-    while (v < end) {
-      while (v < end && (*v == ' ' || *v == '\t' || *v == ','))
-        v++;
-      const char *t = v;
-      while (v < end && *v != ',' && *v != ' ' && *v != '\t')
-        v++;
-      size_t tl = (size_t)(v - t);
-      if (tl == h->name_len && strncasecmp(t, h->name, tl) == 0)
-        return true;
-    }
-  }
-  return false;
+  return named_in_connection(req->headers, req->nheaders, h);
 }
 
 /* ---- building the upstream request ------------------------------------------ */
@@ -746,6 +823,7 @@ static void client_read(gw_conn_t *c) {
     if (n > 0) {
       c->rx.end += (size_t)n;
       c->bytes_in += n;
+      c->moved += (uint64_t)n;
       continue;
     }
     if (n == GW_IO_AGAIN)
@@ -766,6 +844,8 @@ static bool client_flush(gw_conn_t *c) {
                             &c->wr_ready);
     if (n > 0) {
       c->tx.start += (size_t)n;
+      c->moved += (uint64_t)n;
+      c->resp_sent += (uint64_t)n;
       continue;
     }
     if (n == GW_IO_AGAIN)
@@ -780,8 +860,8 @@ static bool client_flush(gw_conn_t *c) {
 static void request_done(gw_conn_t *c) {
   count_request(c);
   access_log(c);
-  c->route = NULL;
-  c->target = NULL;
+  request_release(c);
+  c->method_name = NULL;
   if (c->close_after || !c->client_keep_alive || c->w->draining) {
     conn_close(c);
     return;
@@ -798,7 +878,7 @@ static void start_request(gw_conn_t *c);
 /* Open (or reuse) an upstream connection for c->target. */
 static bool upstream_attach(gw_conn_t *c) {
   gw_worker_t *w = c->w;
-  gw_tstate_t *ts = tstate(w, c->target->id);
+  gw_tstate_t *ts = tstate(w, c->target);
   int64_t now = now_ms();
   while (ts && ts->idle) {
     gw_upconn_t *u = ts->idle;
@@ -860,8 +940,7 @@ static bool upstream_attach(gw_conn_t *c) {
     close(fd);
     buf_free(&u->rx);
     free(u);
-    target_failed(w, c->target);
-    return false; /* caller retries or answers 502 */
+    return false; /* the caller counts the failure, then retries or answers 502 */
   }
   ep_add(w, fd, u, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
   c->up = u;
@@ -962,6 +1041,7 @@ static bool upstream_flush(gw_conn_t *c) {
                             &u->rd_ready, &u->wr_ready);
     if (n > 0) {
       c->utx.start += (size_t)n;
+      c->moved += (uint64_t)n;
       continue;
     }
     if (n == GW_IO_AGAIN)
@@ -984,6 +1064,7 @@ static int upstream_read(gw_conn_t *c) {
         gw_io_read(u->fd, u->ssl, u->rx.data + u->rx.end, space, &u->rd_ready, &u->wr_ready);
     if (n > 0) {
       u->rx.end += (size_t)n;
+      c->moved += (uint64_t)n;
       continue;
     }
     if (n == GW_IO_AGAIN)
@@ -994,16 +1075,15 @@ static int upstream_read(gw_conn_t *c) {
 }
 
 /* Headers the upstream may not pass to the client (hop-by-hop). */
-static bool drop_response_header(const gw_header_t *h) {
+static bool drop_response_header(const gw_response_head_t *rh, const gw_header_t *h) {
   static const char *const hop[] = {"connection",        "keep-alive",  "proxy-connection",
                                     "transfer-encoding", "trailer",     "upgrade",
                                     "content-length",    "x-request-id"};
   for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
     if (gw_header_is(h, hop[i]))
       return true;
-  return false;
+  return named_in_connection(rh->headers, rh->nheaders, h);
 }
-
 static void parse_response_head(gw_conn_t *c) {
   gw_upconn_t *u = c->up;
   gw_response_head_t rh;
@@ -1065,7 +1145,7 @@ static void parse_response_head(gw_conn_t *c) {
       via = h;
       continue;
     }
-    if (drop_response_header(h))
+    if (drop_response_header(&rh, h))
       continue;
     ok = buf_put(b, h->name, h->name_len) && buf_put(b, ": ", 2) &&
          buf_put(b, h->value, h->value_len) && buf_put(b, "\r\n", 2);
@@ -1083,6 +1163,8 @@ static void parse_response_head(gw_conn_t *c) {
   } else if (c->resp_mode == 2 || c->resp_mode == 3) {
     ok = ok && buf_puts(b, "Transfer-Encoding: chunked\r\n");
   }
+  if (c->w->draining)
+    c->close_after = true;
   if (c->close_after || !c->client_keep_alive)
     ok = ok && buf_puts(b, "Connection: close\r\n");
   else if (!client_11)
@@ -1133,8 +1215,11 @@ static void feed_response_body(gw_conn_t *c, bool up_eof) {
       long used = gw_chunked_decode(&c->resp_dec, u->rx.data + u->rx.start,
                                     avail < limit ? avail : limit, &data, &dlen, &done, &err);
       if (used < 0) {
-        c->close_after = true; /* mid-body: the client sees a cut response */
-        conn_close(c);
+        target_failed(c->w, c->target);
+        if (c->resp_sent == 0) /* nothing reached the client: a clean 502 */
+          respond_problem(c, 502, "the upstream sent a malformed chunked body", true);
+        else
+          conn_close(c); /* mid-body: the client sees a cut response */
         return;
       }
       u->rx.start += (size_t)used;
@@ -1197,7 +1282,7 @@ static void start_request(gw_conn_t *c) {
       return;
     }
     c->started_ms = now_ms();
-    c->bytes_in = (int64_t)buf_len(&c->rx);
+    c->bytes_in = 0; /* counted below: the head, then body bytes as they arrive */
     c->bytes_out = 0;
     c->request_id[0] = '\0';
     snprintf(c->path_log, sizeof(c->path_log), "-");
@@ -1208,9 +1293,31 @@ static void start_request(gw_conn_t *c) {
       respond_problem(c, err.status, err.reason, true);
       return;
     }
+    /* copy the head out of rx and parse the copy: the request's pointers
+     * must survive rx compaction, and rx moves on to the body now */
+    size_t hlen = c->req.head_len;
+    if (hlen > c->headcap) {
+      char *nb = realloc(c->headbuf, hlen);
+      if (!nb) {
+        conn_close(c);
+        return;
+      }
+      c->headbuf = nb;
+      c->headcap = hlen;
+    }
+    memcpy(c->headbuf, c->rx.data + c->rx.start, hlen);
+    c->rx.start += hlen;
+    c->bytes_in = (int64_t)hlen;
+    if (gw_http1_parse_request(c->headbuf, hlen, &srv->limits, &c->req, &err) != 1) {
+      conn_close(c); /* cannot happen: the same bytes parsed a moment ago */
+      return;
+    }
+    static const char *const names[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
     c->method = c->req.method;
+    c->method_name = names[c->req.method];
     c->client_keep_alive = c->req.keep_alive;
     c->status = 0;
+    c->resp_sent = 0;
     snprintf(c->path_log, sizeof(c->path_log), "%.*s", (int)c->req.target_len, c->req.target);
     /* the request id: the client's if sane, else a new one */
     const gw_header_t *rid = find_header(&c->req, "x-request-id");
@@ -1239,7 +1346,11 @@ static void start_request(gw_conn_t *c) {
       respond_problem(c, 400, "the request path is not valid (escapes, or climbs above /)", true);
       return;
     }
-    const gw_snapshot_t *snap = w->snap;
+    gw_snapshot_t *snap = w->snap;
+    if (snap) { /* held until the request ends: route and target live in it */
+      c->snap = snap;
+      snap_hold(w, snap);
+    }
     bool mismatch = false;
     const gw_header_t *host = c->req.host >= 0 ? &c->req.headers[c->req.host] : NULL;
     c->route = snap ? gw_route_match(snap, host ? host->value : NULL, host ? host->value_len : 0,
@@ -1275,8 +1386,6 @@ static void start_request(gw_conn_t *c) {
       respond_problem(c, 431, "the request head does not fit the upstream buffer", true);
       return;
     }
-    /* the head is now copied: drop it from rx */
-    c->rx.start += c->req.head_len;
     if (c->req.expect_continue && !c->req_sent_all) {
       buf_init(&c->tx, GW_IO_BUF);
       buf_puts(&c->tx, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -1299,6 +1408,127 @@ static void start_request(gw_conn_t *c) {
   timer_set(c, c->up->connected || c->up->reused ? c->route->write_ms : c->route->connect_ms, 504);
 }
 
+/* Queue c to be pumped again on the next loop turn (its guard ran out
+ * while it could still move bytes: edge-triggered epoll will not say so). */
+static void pump_again(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  if (c->queued || c->closing)
+    return;
+  if (w->nagain == w->capagain) {
+    int cap = w->capagain ? w->capagain * 2 : 64;
+    gw_conn_t **a = realloc(w->again, sizeof(*a) * (size_t)cap);
+    if (!a)
+      return;
+    w->again = a;
+    w->capagain = cap;
+  }
+  w->again[w->nagain++] = c;
+  c->queued = true;
+}
+
+/* Upstream exchange and response streaming: one pass. Returns true when
+ * the caller should loop again (progress was made or the state changed). */
+static bool pump_upstream(gw_conn_t *c) {
+  int state = c->state;
+  gw_upconn_t *u = c->up;
+  uint64_t moved0 = c->moved;
+  size_t rx0 = buf_len(&c->rx);
+  if (!u)
+    return false;
+  if (!u->connected) {
+    if (!u->wr_ready)
+      return false;
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    if (soerr != 0) {
+      upstream_failed(c, 502, "the upstream refused the connection");
+      return true;
+    }
+    u->connected = true;
+    timer_set(c, c->route->write_ms, 504);
+  }
+  if (u->ssl && !u->tls_ready) {
+    int h = gw_io_handshake(u->ssl, &u->rd_ready, &u->wr_ready);
+    if (h < 0) {
+      upstream_failed(c, 502, "TLS with the upstream failed (certificate not trusted?)");
+      return true;
+    }
+    if (h == 0)
+      return false;
+    u->tls_ready = true;
+  }
+  /* 100 Continue to the client, request body toward the upstream */
+  if (state == S_UPSTREAM && buf_len(&c->tx) > 0) {
+    client_flush(c);
+    if (c->closing)
+      return false;
+  }
+  if (!c->req_sent_all) {
+    client_read(c);
+    if (c->closing)
+      return false;
+    feed_request_body(c);
+    if (c->state != state)
+      return true;
+    if (!c->req_sent_all && c->rd_eof && buf_len(&c->rx) == 0) {
+      conn_close(c); /* the client left mid-body */
+      return false;
+    }
+    if (buf_len(&c->rx) != rx0 || c->moved != moved0) /* body bytes arrived: wait anew */
+      timer_set(c, c->w->srv->body_timeout_ms, 408);
+  }
+  if (buf_len(&c->utx) > 0) {
+    upstream_flush(c);
+    if (c->state != state || c->closing)
+      return !c->closing;
+    if (c->req_sent_all && buf_len(&c->utx) == 0 && state == S_UPSTREAM)
+      timer_set(c, c->route->read_ms, 504);
+  }
+  int rr = upstream_read(c);
+  if (c->state == S_UPSTREAM) {
+    if (buf_len(&u->rx) > 0)
+      parse_response_head(c);
+    if (c->state == S_UPSTREAM && rr < 0) {
+      upstream_failed(c, 502, "the upstream closed the connection without a response");
+      return true;
+    }
+    if (c->state != S_BODY) /* still waiting, or answered by us (S_FLUSH) */
+      return c->state != S_UPSTREAM || c->moved != moved0;
+  }
+  /* S_BODY: stream, with back-pressure on both buffers */
+  bool up_eof = rr < 0;
+  feed_response_body(c, up_eof && buf_len(&u->rx) == 0);
+  if (c->closing || c->state != S_BODY)
+    return !c->closing;
+  if (up_eof && buf_len(&u->rx) == 0 && !c->resp_done)
+    feed_response_body(c, true); /* the rest moved out: now EOF ends it */
+  if (c->closing || c->state != S_BODY)
+    return !c->closing;
+  client_flush(c);
+  if (c->closing)
+    return false;
+  if (c->resp_done && buf_len(&c->tx) == 0) {
+    bool reusable = u->reused && c->req_sent_all && buf_len(&c->utx) == 0 && !up_eof;
+    if (!c->req_sent_all)
+      c->close_after = true; /* unread request body on the client side */
+    c->up = NULL;
+    up_release(c->w, u, reusable);
+    request_done(c);
+    return true;
+  }
+  /* a framed body that ends early is cut: so must the client's be */
+  if (up_eof && buf_len(&u->rx) == 0 && !c->resp_done && (c->resp_mode == 1 || c->resp_mode == 2)) {
+    conn_close(c);
+    return false;
+  }
+  if (c->moved != moved0) {
+    timer_set(c, c->route->read_ms, 504); /* a transfer may last as long as it moves */
+    return true;
+  }
+  return false;
+}
+
 static void pump(gw_conn_t *c) {
   if (c->ssl && !c->tls_ready) {
     int h = gw_io_handshake(c->ssl, &c->rd_ready, &c->wr_ready);
@@ -1308,9 +1538,12 @@ static void pump(gw_conn_t *c) {
       return;
     c->tls_ready = true;
   }
-  for (int guard = 0; guard < 64 && !c->closing; guard++) {
+  for (int guard = 0; !c->closing; guard++) {
+    if (guard == 64) {
+      pump_again(c); /* fairness: let other connections run */
+      return;
+    }
     int state = c->state;
-    size_t rx0 = buf_len(&c->rx), tx0 = buf_len(&c->tx);
     if (state == S_HEAD) {
       if (!client_flush(c))
         return; /* a 100 Continue or similar still going out */
@@ -1346,93 +1579,7 @@ static void pump(gw_conn_t *c) {
       continue;
     }
     if (state == S_UPSTREAM || state == S_BODY) {
-      gw_upconn_t *u = c->up;
-      if (!u)
-        return;
-      if (!u->connected) {
-        if (!u->wr_ready)
-          return;
-        int soerr = 0;
-        socklen_t sl = sizeof(soerr);
-        getsockopt(u->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        if (soerr != 0) {
-          upstream_failed(c, 502, "the upstream refused the connection");
-          continue;
-        }
-        u->connected = true;
-        timer_set(c, c->route->write_ms, 504);
-      }
-      if (u->ssl && !u->tls_ready) {
-        int h = gw_io_handshake(u->ssl, &u->rd_ready, &u->wr_ready);
-        if (h < 0) {
-          upstream_failed(c, 502, "TLS with the upstream failed (certificate not trusted?)");
-          continue;
-        }
-        if (h == 0)
-          return;
-        u->tls_ready = true;
-      }
-      /* 100 Continue to the client, request body toward the upstream */
-      if (buf_len(&c->tx) > 0 && state == S_UPSTREAM && !client_flush(c) && c->closing)
-        return;
-      if (!c->req_sent_all) {
-        client_read(c);
-        if (c->closing)
-          return;
-        feed_request_body(c);
-        if (c->state != state)
-          continue;
-        if (!c->req_sent_all && c->rd_eof && buf_len(&c->rx) == 0) {
-          conn_close(c); /* the client left mid-body */
-          return;
-        }
-        if (buf_len(&c->rx) != rx0) /* body bytes arrived: wait anew */
-          timer_set(c, c->w->srv->body_timeout_ms, 408);
-      }
-      if (state == S_UPSTREAM && buf_len(&c->utx) > 0) {
-        upstream_flush(c);
-        if (c->state != state || c->closing)
-          continue;
-        if (c->req_sent_all && buf_len(&c->utx) == 0)
-          timer_set(c, c->route->read_ms, 504);
-      }
-      int rr = upstream_read(c);
-      if (c->state == S_UPSTREAM) {
-        if (buf_len(&u->rx) > 0)
-          parse_response_head(c);
-        if (c->state == S_UPSTREAM && rr < 0) {
-          upstream_failed(c, 502, "the upstream closed the connection without a response");
-          continue;
-        }
-        if (c->state != S_BODY)
-          return;
-      }
-      /* S_BODY: stream, with back-pressure on both buffers */
-      feed_response_body(c, rr < 0 && buf_len(&u->rx) == 0);
-      if (c->closing)
-        return;
-      client_flush(c);
-      if (c->closing)
-        return;
-      if (c->resp_done && buf_len(&c->tx) == 0) {
-        bool reusable = u->reused && c->req_sent_all && buf_len(&c->utx) == 0 && rr >= 0;
-        if (!c->req_sent_all)
-          c->close_after = true; /* unread request body on the client side */
-        c->up = NULL;
-        up_release(c->w, u, reusable);
-        request_done(c);
-        continue;
-      }
-      if (rr < 0 && buf_len(&u->rx) == 0 && !c->resp_done) {
-        conn_close(c); /* the upstream cut the body: so must we */
-        return;
-      }
-      bool progress = buf_len(&c->rx) != rx0 || buf_len(&c->tx) != tx0;
-      if (progress) /* a long transfer is fine as long as it moves */
-        timer_set(c, c->route->read_ms, 504);
-      if (!progress && !u->rd_ready)
-        return;
-      if (buf_len(&c->tx) > 0 && !c->wr_ready)
+      if (!pump_upstream(c))
         return;
       continue;
     }
@@ -1542,21 +1689,47 @@ static void sweep_pools(gw_worker_t *w) {
     }
 }
 
+/* Free c after the current event batch (a later event in it may name c).
+ * If the list cannot grow, c is freed now: a stale event for it is then
+ * possible, so the list is sized to make that a memory-exhaustion case. */
+static void defer_free(gw_worker_t *w, gw_conn_t *c) {
+  if (c->dead)
+    return;
+  if (w->ndead == w->capdead) {
+    int cap = w->capdead ? w->capdead * 2 : GW_EVENTS * 2;
+    gw_conn_t **d = realloc(w->dead, sizeof(*d) * (size_t)cap);
+    if (!d) {
+      conn_free(c);
+      return;
+    }
+    w->dead = d;
+    w->capdead = cap;
+  }
+  c->dead = true;
+  w->dead[w->ndead++] = c;
+}
+
 static void *worker_main(void *arg) {
   gw_worker_t *w = arg;
   gw_server_t *srv = w->srv;
   struct epoll_event evs[GW_EVENTS];
-  gw_conn_t *to_free[GW_EVENTS * 2];
   int64_t last_sweep = now_ms();
   for (;;) {
     /* one snapshot per loop turn: publish what we hold */
     gw_snapshot_t *snap = atomic_load_explicit(&srv->current, memory_order_acquire);
-    if (snap != w->snap) {
+    if (snap != w->snap)
       w->snap = snap;
-      atomic_store_explicit(&w->gen, snap ? snap->gen : 0, memory_order_release);
-    }
+    publish_gen(w);
     if (atomic_load_explicit(&srv->stopping, memory_order_relaxed) && !w->draining) {
       w->draining = true;
+      /* idle keep-alive connections have nothing in flight: close them now */
+      for (int i = w->nheap - 1; i >= 0; i--) {
+        gw_conn_t *c = w->heap[i];
+        if (i < w->nheap && c->state == S_HEAD && buf_len(&c->rx) == 0 && !c->closing) {
+          conn_close(c);
+          conn_free(c);
+        }
+      }
       epoll_ctl(w->ep, EPOLL_CTL_DEL, w->lfd, NULL);
       close(w->lfd);
       w->lfd = -1;
@@ -1575,8 +1748,16 @@ static void *worker_main(void *arg) {
     }
     if (w->loglen > 0)
       timeout = timeout > 200 ? 200 : timeout;
+    if (w->nagain > 0)
+      timeout = 0;
     int n = epoll_wait(w->ep, evs, GW_EVENTS, timeout);
-    int nfree = 0;
+    /* the snapshot may have changed while we slept: requests in this
+     * batch must see the one that is current now */
+    gw_snapshot_t *fresh = atomic_load_explicit(&srv->current, memory_order_acquire);
+    if (fresh != w->snap) {
+      w->snap = fresh;
+      publish_gen(w);
+    }
     for (int i = 0; i < n; i++) {
       uint8_t kind = *(uint8_t *)evs[i].data.ptr;
       uint32_t e = evs[i].events;
@@ -1595,8 +1776,8 @@ static void *worker_main(void *arg) {
         if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
           c->wr_ready = true;
         pump(c);
-        if (c->closing && nfree < (int)(sizeof(to_free) / sizeof(to_free[0])))
-          to_free[nfree++] = c;
+        if (c->closing)
+          defer_free(w, c);
       } else if (kind == K_UP) {
         gw_upconn_t *u = evs[i].data.ptr;
         if (!u->owner) { /* idle in the pool: any event means it closed */
@@ -1612,18 +1793,34 @@ static void *worker_main(void *arg) {
         if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
           u->wr_ready = true;
         pump(c);
-        if (c->closing && nfree < (int)(sizeof(to_free) / sizeof(to_free[0])))
-          to_free[nfree++] = c;
+        if (c->closing)
+          defer_free(w, c);
       }
     }
-    /* free after the batch: a later event in it may name the same conn */
-    for (int i = 0; i < nfree; i++) {
-      bool dup = false;
-      for (int j = 0; j < i && !dup; j++)
-        dup = to_free[j] == to_free[i];
-      if (!dup)
-        conn_free(to_free[i]);
+    /* connections that stopped at their guard with work left */
+    int nagain = w->nagain;
+    for (int i = 0; i < nagain; i++) {
+      gw_conn_t *c = w->again[i];
+      if (!c)
+        continue;
+      w->again[i] = NULL;
+      c->queued = false;
+      if (c->closing)
+        continue;
+      pump(c);
+      if (c->closing)
+        defer_free(w, c);
     }
+    /* keep what was queued during this pass */
+    int kept = 0;
+    for (int i = 0; i < w->nagain; i++)
+      if (w->again[i])
+        w->again[kept++] = w->again[i];
+    w->nagain = kept;
+    /* free after the batch: a later event in it may name the same conn */
+    for (int i = 0; i < w->ndead; i++)
+      conn_free(w->dead[i]);
+    w->ndead = 0;
     int64_t now = now_ms();
     while (w->nheap > 0 && w->heap[0]->deadline <= now) {
       gw_conn_t *c = w->heap[0];
