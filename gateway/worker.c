@@ -1619,7 +1619,9 @@ static void on_timer(gw_conn_t *c) {
 
 static void accept_all(gw_worker_t *w, bool tls) {
   gw_server_t *srv = w->srv;
-  for (;;) {
+  /* a bounded batch: the listener is level-triggered, so what is left
+   * comes back on the next turn, after the connections already open */
+  for (int batch = 0; batch < 16; batch++) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     int fd =
