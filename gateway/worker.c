@@ -975,58 +975,89 @@ static void upstream_failed(gw_conn_t *c, int status, const char *why) {
   respond_problem(c, status, why, c->req_body_left > 0 || (c->req_chunked && !c->req_dec_done));
 }
 
+/* ---- body framing, shared by both directions ------------------------------ */
+
+/* Move up to *left bytes of a length-framed body from src to dst. */
+static size_t move_length(gw_buf_t *src, gw_buf_t *dst, int64_t *left) {
+  size_t avail = buf_len(src), space = buf_space(dst);
+  size_t n = avail < space ? avail : space;
+  if ((int64_t)n > *left)
+    n = (size_t)*left;
+  if (n > 0) {
+    buf_put(dst, src->data + src->start, n);
+    src->start += n;
+    *left -= (int64_t)n;
+  }
+  return n;
+}
+
+/* Write data as one chunk, "<hex>\r\n<data>\r\n" (dst has room). */
+static void put_chunk(gw_buf_t *dst, const char *data, size_t n) {
+  char hdr[24];
+  int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+  buf_put(dst, hdr, (size_t)hl);
+  buf_put(dst, data, n);
+  buf_put(dst, "\r\n", 2);
+}
+
+/*
+ * Decode one span of a chunked body from src and re-frame it into dst,
+ * ending with the last chunk when the body is done (trailers are dropped).
+ * *dlen gets the data bytes moved. Returns 1 when something was consumed,
+ * 0 when more input or output room is needed, -1 on bad framing (*err).
+ * `room_left` caps the data (the body size limit) and is charged.
+ */
+static int rechunk(gw_chunked_t *dec, gw_buf_t *src, gw_buf_t *dst, int64_t *room_left,
+                   size_t *dlen, bool *done, gw_parse_error_t *err) {
+  *dlen = 0;
+  *done = false;
+  if (buf_space(dst) < 32 || buf_len(src) == 0)
+    return 0;
+  const char *data = NULL;
+  size_t limit = buf_space(dst) - 24, avail = buf_len(src);
+  long used = gw_chunked_decode(dec, src->data + src->start, avail < limit ? avail : limit, &data,
+                                dlen, done, err);
+  if (used < 0)
+    return -1;
+  src->start += (size_t)used;
+  if (*dlen > 0) {
+    if ((int64_t)*dlen > *room_left) {
+      err->status = 413;
+      err->reason = "the request body exceeds this API's limit";
+      return -1;
+    }
+    *room_left -= (int64_t)*dlen;
+    put_chunk(dst, data, *dlen);
+  }
+  if (*done)
+    buf_puts(dst, "0\r\n\r\n");
+  return used > 0 || *dlen > 0;
+}
+
 /* Move request body bytes from rx into utx (re-framing chunked). */
 static void feed_request_body(gw_conn_t *c) {
   while (!c->req_sent_all) {
     if (!c->req_chunked) {
-      size_t avail = buf_len(&c->rx), space = buf_space(&c->utx);
-      size_t n = avail < space ? avail : space;
-      if ((int64_t)n > c->req_body_left)
-        n = (size_t)c->req_body_left;
+      size_t n = move_length(&c->rx, &c->utx, &c->req_body_left);
       if (n == 0)
         break;
-      buf_put(&c->utx, c->rx.data + c->rx.start, n);
-      c->rx.start += n;
-      c->req_body_left -= (int64_t)n;
       c->req_body_total += (int64_t)n;
-      if (c->req_body_left == 0)
-        c->req_sent_all = true;
+      c->req_sent_all = c->req_body_left == 0;
       continue;
     }
-    /* chunked: decode a span, write "<hex>\r\n<data>\r\n" */
-    if (buf_space(&c->utx) < 32 || buf_len(&c->rx) == 0)
-      break;
-    const char *data = NULL;
-    size_t dlen = 0;
-    bool done = false;
+    int64_t room = c->route->max_body - c->req_body_total;
+    size_t dlen;
+    bool done;
     gw_parse_error_t err;
-    size_t limit = buf_space(&c->utx) - 24;
-    size_t avail = buf_len(&c->rx);
-    long used = gw_chunked_decode(&c->req_dec, c->rx.data + c->rx.start,
-                                  avail < limit ? avail : limit, &data, &dlen, &done, &err);
-    if (used < 0) {
-      respond_problem(c, 400, err.reason, true);
+    int rc = rechunk(&c->req_dec, &c->rx, &c->utx, &room, &dlen, &done, &err);
+    if (rc < 0) {
+      respond_problem(c, err.status, err.reason, true);
       return;
     }
-    c->rx.start += (size_t)used;
-    if (dlen > 0) {
-      if ((int64_t)dlen > c->route->max_body - c->req_body_total) {
-        respond_problem(c, 413, "the request body exceeds this API's limit", true);
-        return;
-      }
-      char hdr[24];
-      int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", dlen);
-      buf_put(&c->utx, hdr, (size_t)hl);
-      buf_put(&c->utx, data, dlen);
-      buf_put(&c->utx, "\r\n", 2);
-      c->req_body_total += (int64_t)dlen;
-    }
-    if (done) {
-      buf_puts(&c->utx, "0\r\n\r\n");
-      c->req_dec_done = true;
-      c->req_sent_all = true;
-    }
-    if (used == 0 && dlen == 0)
+    c->req_body_total += (int64_t)dlen;
+    if (done)
+      c->req_dec_done = c->req_sent_all = true;
+    if (rc == 0)
       break;
   }
 }
@@ -1188,33 +1219,21 @@ static void parse_response_head(gw_conn_t *c) {
 static void feed_response_body(gw_conn_t *c, bool up_eof) {
   gw_upconn_t *u = c->up;
   while (!c->resp_done) {
-    size_t avail = buf_len(&u->rx);
     if (c->resp_mode == 1) {
-      size_t space = buf_space(&c->tx);
-      size_t n = avail < space ? avail : space;
-      if ((int64_t)n > c->resp_left)
-        n = (size_t)c->resp_left;
+      size_t n = move_length(&u->rx, &c->tx, &c->resp_left);
+      c->bytes_out += (int64_t)n;
+      c->resp_done = c->resp_left == 0;
       if (n == 0)
         break;
-      buf_put(&c->tx, u->rx.data + u->rx.start, n);
-      u->rx.start += n;
-      c->resp_left -= (int64_t)n;
-      c->bytes_out += (int64_t)n;
-      if (c->resp_left == 0)
-        c->resp_done = true;
       continue;
     }
     if (c->resp_mode == 2) {
-      if (buf_space(&c->tx) < 32 || avail == 0)
-        break;
-      const char *data = NULL;
-      size_t dlen = 0;
-      bool done = false;
+      int64_t unlimited = INT64_MAX;
+      size_t dlen;
+      bool done;
       gw_parse_error_t err;
-      size_t limit = buf_space(&c->tx) - 24;
-      long used = gw_chunked_decode(&c->resp_dec, u->rx.data + u->rx.start,
-                                    avail < limit ? avail : limit, &data, &dlen, &done, &err);
-      if (used < 0) {
+      int rc = rechunk(&c->resp_dec, &u->rx, &c->tx, &unlimited, &dlen, &done, &err);
+      if (rc < 0) {
         target_failed(c->w, c->target);
         if (c->resp_sent == 0) /* nothing reached the client: a clean 502 */
           respond_problem(c, 502, "the upstream sent a malformed chunked body", true);
@@ -1222,38 +1241,24 @@ static void feed_response_body(gw_conn_t *c, bool up_eof) {
           conn_close(c); /* mid-body: the client sees a cut response */
         return;
       }
-      u->rx.start += (size_t)used;
-      if (dlen) {
-        char hdr[24];
-        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", dlen);
-        buf_put(&c->tx, hdr, (size_t)hl);
-        buf_put(&c->tx, data, dlen);
-        buf_put(&c->tx, "\r\n", 2);
-        c->bytes_out += (int64_t)dlen;
-      }
-      if (done) {
-        buf_puts(&c->tx, "0\r\n\r\n");
-        c->resp_done = true;
-      }
-      if (used == 0 && dlen == 0)
+      c->bytes_out += (int64_t)dlen;
+      c->resp_done = done;
+      if (rc == 0)
         break;
       continue;
     }
-    /* close-delimited: everything until EOF */
+    /* close-delimited: everything until EOF, re-chunked (3) or as is (4) */
+    size_t avail = buf_len(&u->rx);
     if (avail > 0) {
       size_t space = buf_space(&c->tx);
       size_t room = c->resp_mode == 3 ? (space > 24 ? space - 24 : 0) : space;
       size_t n = avail < room ? avail : room;
       if (n == 0)
         break;
-      if (c->resp_mode == 3) {
-        char hdr[24];
-        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
-        buf_put(&c->tx, hdr, (size_t)hl);
-      }
-      buf_put(&c->tx, u->rx.data + u->rx.start, n);
       if (c->resp_mode == 3)
-        buf_put(&c->tx, "\r\n", 2);
+        put_chunk(&c->tx, u->rx.data + u->rx.start, n);
+      else
+        buf_put(&c->tx, u->rx.data + u->rx.start, n);
       u->rx.start += n;
       c->bytes_out += (int64_t)n;
       continue;
