@@ -55,6 +55,7 @@ START_TIMEOUT = 10    # a daemon's port line, the gateway's /health
 STOP_TIMEOUT = 15     # SIGTERM -> exit
 RELOAD_WITHIN = 1.0   # a configuration change is routable within this (s)
 MIB = 1024 * 1024
+BIG = 1024 * MIB  # the bar: a 1 GiB body each way in bounded memory
 
 HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -861,7 +862,7 @@ def setup_proxy(w):
     w.add_api("wild", "/h", [(u3.url, 100)], hosts=["*.example.org"])
     w.add_api("h-any", "/h", [(u1.url, 100)])
     w.add_api("ro", "/ro", [(u1.url, 100)], methods=["GET"])
-    w.add_api("big", "/big", [(u2.url, 100)], max_body_bytes=300 * MIB)
+    w.add_api("big", "/big", [(u2.url, 100)], max_body_bytes=BIG + MIB)
     w.add_api("raw", "/raw", [(raw.url, 100)])
     w.add_api("moving", "/moving", [(u1.url + "/mv", 100)])
     w.start_gateway("--gateway-workers", "2")
@@ -1049,8 +1050,8 @@ def test_body_chunked_small_pieces(w):
     eq(rec_headers(j, "X-Trailer"), [], "trailer not turned into a header", r)
 
 
-def test_body_upload_200mib(w):
-    total = 200 * MIB
+def test_body_upload_1gib(w):
+    total = BIG
     block = bytearray(os.urandom(MIB))
     sha = hashlib.sha256()
     mon = RssMonitor(w.gw.pid)
@@ -1070,7 +1071,7 @@ def test_body_upload_200mib(w):
         c.close()
         mon.stop()
     elapsed = time.monotonic() - t0
-    status_is(r, 200, "200 MiB upload through /sink (sent all: %s)" % ok)
+    status_is(r, 200, "1 GiB upload through /sink (sent all: %s)" % ok)
     j = r.json
     eq(j.get("body_len"), total, "upstream received every byte", r)
     eq(j.get("body_sha256"), sha.hexdigest(), "upload sha256", r)
@@ -1079,8 +1080,8 @@ def test_body_upload_200mib(w):
           % (mon.max_kb, elapsed))
 
 
-def test_body_download_200mib(w):
-    total = 200 * MIB
+def test_body_download_1gib(w):
+    total = BIG
     mon = RssMonitor(w.gw.pid)
     state = {"off": 0, "bad": None}
 
@@ -1101,7 +1102,7 @@ def test_body_download_200mib(w):
     finally:
         c.close()
         mon.stop()
-    status_is(r, 200, "200 MiB download")
+    status_is(r, 200, "1 GiB download")
     eq(r.header("Content-Length"), str(total), "Content-Length passed through", r)
     eq(state["off"], total, "bytes received", r)
     check(state["bad"] is None, "pattern mismatch at offset %r" % state["bad"])
@@ -1671,8 +1672,8 @@ PROXY_TESTS = [
     test_proxy_methods_rewrite, test_proxy_forwarded_headers, test_proxy_via_appended,
     test_proxy_request_id, test_proxy_traceparent, test_proxy_hop_by_hop_request,
     test_proxy_hop_by_hop_response,
-    test_body_content_length, test_body_chunked_small_pieces, test_body_upload_200mib,
-    test_body_download_200mib, test_body_stream_chunked, test_body_large_chunked,
+    test_body_content_length, test_body_chunked_small_pieces, test_body_upload_1gib,
+    test_body_download_1gib, test_body_stream_chunked, test_body_large_chunked,
     test_body_no_length_http11_chunked, test_body_no_length_http10_close,
     test_body_head_204_304_keepalive, test_body_smuggled_request_stays_body,
     test_pipelining_three, test_pipelining_with_bodies, test_keepalive_after_error_response,
