@@ -752,9 +752,12 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
     const gw_header_t *h = &q->headers[i];
     if (gw_header_is(h, "host"))
       continue;
-    if (gw_header_is(h, "x-forwarded-for"))
+    /* a previous hop's values are kept only if the client did not mark
+     * them hop-by-hop by naming them in Connection */
+    bool hop = named_in_connection(q->headers, q->nheaders, h);
+    if (gw_header_is(h, "x-forwarded-for") && !hop)
       xff = h;
-    if (gw_header_is(h, "via"))
+    if (gw_header_is(h, "via") && !hop)
       via = h;
     if (drop_request_header(q, h, c->w->srv->trust_forwarded))
       continue;

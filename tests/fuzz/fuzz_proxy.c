@@ -1,0 +1,147 @@
+/*
+ * fuzz_proxy.c - the whole request path up to the bytes sent upstream:
+ * parse, normalise, route, pick a target and rewrite the head
+ * (build_upstream_head in gateway/worker.c, reached by including the .c,
+ * h2o style). Invariant: whatever head the gateway accepts, the head it
+ * sends upstream is itself a valid strict HTTP/1.1 request of the same
+ * length, with exactly one Host (the target's), one X-Request-Id, one
+ * well-formed traceparent, the same body framing, and no hop-by-hop
+ * header (Connection, Keep-Alive, TE, Upgrade, Proxy-Connection, Trailer,
+ * or any name the client listed in Connection).
+ */
+#include "../../gateway/worker.c"
+
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
+
+static gw_server_t fsrv;
+static gw_worker_t fw;
+static gw_route_t froutes[2];
+static gw_target_t ftargets[2];
+static gw_snapshot_t fsnap = {.gen = 1, .routes = froutes, .nroutes = 2};
+
+static void setup(void) {
+  fsrv.limits = (gw_limits_t){.max_line = 4096, .max_head = 8192, .max_headers = 64};
+  fsrv.trust_forwarded = false;
+  fw.srv = &fsrv;
+  fw.rng = 0x9e3779b97f4a7c15ULL;
+  snprintf(ftargets[0].id, sizeof(ftargets[0].id), "tgt_00000000000000000000000001");
+  snprintf(ftargets[0].host_header, sizeof(ftargets[0].host_header), "127.0.0.1:9000");
+  snprintf(ftargets[0].base_path, sizeof(ftargets[0].base_path), "/base");
+  ftargets[0].weight = 1;
+  ftargets[0].resolved = true;
+  ftargets[1] = ftargets[0];
+  snprintf(ftargets[1].host_header, sizeof(ftargets[1].host_header), "[::1]:8443");
+  ftargets[1].base_path[0] = '\0';
+  froutes[0] = (gw_route_t){.prefix = "/v1",
+                            .prefix_len = 3,
+                            .strip_prefix = true,
+                            .targets = &ftargets[0],
+                            .ntargets = 1,
+                            .total_weight = 1,
+                            .max_body = 1 << 20};
+  froutes[1] = (gw_route_t){.prefix = "/",
+                            .prefix_len = 1,
+                            .targets = &ftargets[1],
+                            .ntargets = 1,
+                            .total_weight = 1,
+                            .max_body = 1 << 20};
+}
+
+static unsigned count(const gw_request_head_t *h, const char *lower) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < h->nheaders; i++)
+    n += gw_header_is(&h->headers[i], lower);
+  return n;
+}
+
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
+  static int ready;
+  if (!ready) {
+    setup();
+    ready = 1;
+  }
+  gw_conn_t *c = calloc(1, sizeof(*c));
+  gw_request_head_t *out = malloc(sizeof(*out));
+  char *in = malloc(size ? size : 1), *npath = NULL;
+  gw_parse_error_t err;
+  if (!c || !out || !in)
+    goto done;
+  memcpy(in, data, size);
+  c->w = &fw;
+  c->heap_index = -1;
+  snprintf(c->client_ip, sizeof(c->client_ip), "192.0.2.7");
+  snprintf(c->request_id, sizeof(c->request_id), "0123456789abcdef0123456789abcdef");
+  if (gw_http1_parse_request(in, size, &fsrv.limits, &c->req, &err) != 1)
+    goto done;
+  npath = malloc((size_t)c->req.path_len + 1);
+  if (!npath)
+    goto done;
+  long nl = gw_path_normalise(c->req.target, c->req.path_len, npath);
+  if (nl < 0)
+    goto done;
+  bool mismatch = false;
+  const gw_header_t *host = c->req.host >= 0 ? &c->req.headers[c->req.host] : NULL;
+  c->route = gw_route_match(&fsnap, host ? host->value : NULL, host ? host->value_len : 0, npath,
+                            (size_t)nl, c->req.method, &mismatch);
+  if (!c->route)
+    goto done;
+  c->target = pick_target(&fw, c->route, NULL);
+  if (!c->target || !buf_init(&c->utx, GW_IO_BUF))
+    goto done;
+  if (!build_upstream_head(c, npath, (size_t)nl))
+    goto done; /* too big for the buffer: the gateway answers 431 */
+  gw_limits_t wide = {.max_line = GW_IO_BUF, .max_head = GW_IO_BUF, .max_headers = 128};
+  int rc = gw_http1_parse_request(c->utx.data, buf_len(&c->utx), &wide, out, &err);
+  if (rc != 1 || out->head_len != buf_len(&c->utx))
+    abort(); /* we emitted a head our own strict parser refuses */
+  if (count(out, "host") != 1 || count(out, "x-request-id") != 1 || count(out, "traceparent") != 1)
+    abort();
+  const gw_header_t *h = &out->headers[out->host];
+  if (h->value_len != strlen(c->target->host_header) ||
+      memcmp(h->value, c->target->host_header, h->value_len) != 0)
+    abort();
+  static const char *const hop[] = {"connection",       "keep-alive", "te",    "upgrade",
+                                    "proxy-connection", "trailer",    "expect"};
+  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
+    if (count(out, hop[i]))
+      abort();
+  /* headers the gateway sets itself may share a name the client listed */
+  static const char *const ours[] = {
+      "host",         "via",         "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+      "x-request-id", "traceparent", "content-length",  "transfer-encoding"};
+  for (unsigned i = 0; i < out->nheaders; i++) {
+    bool set_by_us = false;
+    for (size_t k = 0; k < sizeof(ours) / sizeof(ours[0]); k++)
+      set_by_us = set_by_us || gw_header_is(&out->headers[i], ours[k]);
+    if (!set_by_us && named_in_connection(c->req.headers, c->req.nheaders, &out->headers[i]))
+      abort(); /* a header the client made hop-by-hop went through */
+  }
+  /* and their values never carry what the client marked hop-by-hop */
+  for (unsigned i = 0; i < c->req.nheaders; i++) {
+    const gw_header_t *in_h = &c->req.headers[i];
+    if (gw_header_is(in_h, "via") && named_in_connection(c->req.headers, c->req.nheaders, in_h))
+      for (unsigned k = 0; k < out->nheaders; k++)
+        if (gw_header_is(&out->headers[k], "via") &&
+            (out->headers[k].value_len != 12 ||
+             memcmp(out->headers[k].value, "1.1 tollgate", 12) != 0))
+          abort();
+  }
+  if (out->chunked != c->req.chunked || out->content_length != c->req.content_length)
+    abort();
+  if (out->method != c->req.method)
+    abort();
+  for (unsigned i = 0; i < out->nheaders; i++) {
+    const gw_header_t *t = &out->headers[i];
+    if (gw_header_is(t, "traceparent") &&
+        (t->value_len != 55 || memcmp(t->value, "00-", 3) != 0 || !is_hex(t->value + 3, 32)))
+      abort();
+  }
+done:
+  if (c)
+    buf_free(&c->utx);
+  free(c);
+  free(out);
+  free(in);
+  free(npath);
+  return 0;
+}
