@@ -33,7 +33,12 @@ cleanup() {
 trap cleanup EXIT
 
 UP=18491 NGX=18492
-# wrk needs one core too: pin servers and wrk apart when there are few cores
+# With 1 worker and 2+ cores, the servers share CPU 0 and wrk gets CPU 1,
+# so the proxies are compared on one core of their own (less noise).
+PIN_SRV=() PIN_WRK=()
+if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  PIN_SRV=(taskset -c 0) PIN_WRK=(taskset -c 1)
+fi
 cat > "$work/upstream.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -69,8 +74,8 @@ http {
   }
 }
 EOF
-nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
-nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
+"${PIN_SRV[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+"${PIN_SRV[@]}" nginx -c "$work/proxy.conf" -p "$work" & pids+=($!)
 
 # tollgate: one API on /bench (prefix stripped) -> the nginx upstream
 export TOLLGATE_DB_PATH=$work/t.db TOLLGATE_SECRET_FILE=$work/secret
@@ -83,7 +88,7 @@ INSERT INTO targets (id, api_id, url, created_at, updated_at)
   VALUES ('tgt_01BENCH0000000000000000000', 'api_01BENCH0000000000000000000',
           'http://127.0.0.1:$UP', 1, 1);
 SQL
-build/gateway/tollgate-gateway --config "$work/empty.conf" --gateway-listen 127.0.0.1:0 \
+"${PIN_SRV[@]}" build/gateway/tollgate-gateway --config "$work/empty.conf" --gateway-listen 127.0.0.1:0 \
   --status-listen 127.0.0.1:0 --gateway-workers "$WORKERS" --access-log off \
   --log-format text 2>"$work/gw.log" & pids+=($!)
 gwpid=$!
@@ -98,7 +103,7 @@ run() { # name url extra-args...
   local name=$1 url=$2
   shift 2
   local out
-  out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency "$@" "$url")
+  out=$("${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" --latency "$@" "$url")
   local rps p50 p99
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')

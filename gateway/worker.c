@@ -94,7 +94,8 @@ struct gw_conn {
   SSL *ssl; /* clients of gateway_tls_listen */
   bool tls_ready;
   int heap_index;
-  int64_t deadline;
+  int64_t deadline;    /* when the timer fires */
+  int64_t heap_key;    /* its place in the heap: <= deadline (see timer_set) */
   int deadline_status; /* 408 (client) or 504 (upstream) when it fires */
   gw_buf_t rx, tx, utx;
   /* the request in flight; its head is copied to headbuf and parsed
@@ -133,6 +134,7 @@ struct gw_conn {
 struct gw_worker {
   gw_server_t *srv;
   gw_stats_t stats; /* this worker's counters: no cache line shared on the hot path */
+  int64_t now;      /* ms, refreshed once per loop turn */
   int index;
   pthread_t thread;
   int ep, lfd, tlsfd, wakefd;
@@ -156,6 +158,12 @@ struct gw_worker {
   /* connections whose pump() stopped at its guard with work left */
   gw_conn_t **again;
   int nagain, capagain;
+  /* target pointer -> state, valid for the snapshot it was filled under */
+  struct {
+    const gw_target_t *t;
+    gw_tstate_t *ts;
+    uint64_t gen; /* generations never repeat, unlike addresses */
+  } tcache[64];
   /* connections closed during an event batch, freed after it */
   gw_conn_t **dead;
   int ndead, capdead;
@@ -183,6 +191,39 @@ static void hex64(uint64_t v, char *out) {
   static const char hx[] = "0123456789abcdef";
   for (int i = 15; i >= 0; i--, v >>= 4)
     out[i] = hx[v & 15];
+}
+
+/* Decimal and hex without printf: these run several times per request. */
+static size_t fmt_dec(char *out, uint64_t v) {
+  char tmp[24];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  for (size_t i = 0; i < n; i++)
+    out[i] = tmp[n - 1 - i];
+  return n;
+}
+
+static size_t fmt_hex(char *out, uint64_t v) {
+  static const char hx[] = "0123456789abcdef";
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[n++] = hx[v & 15];
+    v >>= 4;
+  } while (v);
+  for (size_t i = 0; i < n; i++)
+    out[i] = tmp[n - 1 - i];
+  return n;
+}
+
+/* "<32 hex>" request ids from the worker's generator */
+static void new_request_id(gw_worker_t *w, char *out) {
+  hex64(rng_next(w), out);
+  hex64(rng_next(w), out + 16);
+  out[32] = '\0';
 }
 
 static bool buf_init(gw_buf_t *b, size_t cap) {
@@ -239,7 +280,7 @@ static void heap_swap(gw_worker_t *w, int a, int b) {
 static void heap_up(gw_worker_t *w, int i) {
   while (i > 0) {
     int p = (i - 1) / 2;
-    if (w->heap[p]->deadline <= w->heap[i]->deadline)
+    if (w->heap[p]->heap_key <= w->heap[i]->heap_key)
       break;
     heap_swap(w, p, i);
     i = p;
@@ -249,9 +290,9 @@ static void heap_up(gw_worker_t *w, int i) {
 static void heap_down(gw_worker_t *w, int i) {
   for (;;) {
     int l = 2 * i + 1, r = l + 1, m = i;
-    if (l < w->nheap && w->heap[l]->deadline < w->heap[m]->deadline)
+    if (l < w->nheap && w->heap[l]->heap_key < w->heap[m]->heap_key)
       m = l;
-    if (r < w->nheap && w->heap[r]->deadline < w->heap[m]->deadline)
+    if (r < w->nheap && w->heap[r]->heap_key < w->heap[m]->heap_key)
       m = r;
     if (m == i)
       return;
@@ -275,15 +316,24 @@ static void timer_cancel(gw_conn_t *c) {
   c->heap_index = -1;
 }
 
+/*
+ * Set c's one timer. Extending a deadline is the common case (every bit
+ * of progress does it) and costs nothing: the heap keeps the old, earlier
+ * key, and when that key comes up the loop re-files the connection at its
+ * real deadline. Only an earlier deadline moves it in the heap now.
+ */
 static void timer_set(gw_conn_t *c, int ms, int status) {
   gw_worker_t *w = c->w;
-  c->deadline = now_ms() + ms;
+  c->deadline = w->now + ms;
   c->deadline_status = status;
   if (c->heap_index >= 0) {
-    heap_down(w, c->heap_index);
-    heap_up(w, c->heap_index);
+    if (c->deadline < c->heap_key) {
+      c->heap_key = c->deadline;
+      heap_up(w, c->heap_index);
+    }
     return;
   }
+  c->heap_key = c->deadline;
   if (w->nheap == w->capheap) {
     int cap = w->capheap ? w->capheap * 2 : 1024;
     gw_conn_t **h = realloc(w->heap, sizeof(*h) * (size_t)cap);
@@ -307,8 +357,25 @@ static unsigned id_hash(const char *id) {
 }
 
 /* Target state is keyed by the target's id and address, so that a
- * target whose URL changed gets a fresh pool instead of old connections. */
+ * target whose URL changed gets a fresh pool instead of old connections.
+ * A small cache by target pointer saves building the key per request; it
+ * is emptied whenever the worker changes snapshot, and a held (older)
+ * snapshot's targets simply miss and are looked up by key. */
+static gw_tstate_t *tstate_slow(gw_worker_t *w, const gw_target_t *tg);
+
 static gw_tstate_t *tstate(gw_worker_t *w, const gw_target_t *tg) {
+  unsigned slot = (unsigned)(((uintptr_t)tg >> 4) * 2654435761u) & 63;
+  uint64_t gen = w->snap ? w->snap->gen : 0;
+  if (w->tcache[slot].t == tg && w->tcache[slot].gen == gen && gen != 0)
+    return w->tcache[slot].ts;
+  gw_tstate_t *ts = tstate_slow(w, tg);
+  w->tcache[slot].t = tg;
+  w->tcache[slot].ts = ts;
+  w->tcache[slot].gen = gen;
+  return ts;
+}
+
+static gw_tstate_t *tstate_slow(gw_worker_t *w, const gw_target_t *tg) {
   char key[sizeof(((gw_tstate_t *)0)->id)];
   snprintf(key, sizeof(key), "%s|%s|%d", tg->id, tg->host_header, tg->https);
   unsigned b = id_hash(key);
@@ -558,23 +625,29 @@ static void access_log(gw_conn_t *c) {
     w->loglen += (size_t)n;
 }
 
+/* Add to a counter only this worker writes: a plain load and store (no
+ * locked instruction); the status thread reads it with a relaxed load. */
+static inline void bump(_Atomic uint64_t *v, uint64_t n) {
+  atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
 static void count_request(gw_conn_t *c) {
   gw_stats_t *st = &c->w->stats;
   int cls = c->status / 100;
   if (cls < 0 || cls > 5)
     cls = 0;
-  atomic_fetch_add_explicit(&st->requests[cls], 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&st->bytes_in, (uint64_t)c->bytes_in, memory_order_relaxed);
-  atomic_fetch_add_explicit(&st->bytes_out, (uint64_t)c->bytes_out, memory_order_relaxed);
+  bump(&st->requests[cls], 1);
+  bump(&st->bytes_in, (uint64_t)c->bytes_in);
+  bump(&st->bytes_out, (uint64_t)c->bytes_out);
   static const int64_t le_us[GW_LAT_BUCKETS] = {5000,    10000,   25000,   50000,    75000,
                                                 100000,  250000,  500000,  750000,   1000000,
                                                 2500000, 5000000, 7500000, 10000000, 30000000};
-  int64_t us = (now_ms() - c->started_ms) * 1000;
+  int64_t us = (now_ms() - c->started_ms) * 1000; /* exact, once per request */
   int b = 0;
   while (b < GW_LAT_BUCKETS && us > le_us[b])
     b++;
-  atomic_fetch_add_explicit(&st->latency_bucket[b], 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&st->latency_sum_us, (uint64_t)us, memory_order_relaxed);
+  bump(&st->latency_bucket[b], 1);
+  bump(&st->latency_sum_us, (uint64_t)us);
 }
 
 /* ---- responses we make ourselves ------------------------------------------ */
@@ -789,7 +862,13 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
   if (in && in->value_len == 55 && memcmp(in->value, "00-", 3) == 0 && is_hex(in->value + 3, 32) &&
       in->value[35] == '-' && is_hex(in->value + 36, 16) && in->value[52] == '-' &&
       is_hex(in->value + 53, 2)) {
-    snprintf(tp, sizeof(tp), "00-%.32s-%s-%.2s", in->value + 3, parent, in->value + 53);
+    memcpy(tp, "00-", 3);
+    memcpy(tp + 3, in->value + 3, 32);
+    tp[35] = '-';
+    memcpy(tp + 36, parent, 16);
+    tp[52] = '-';
+    memcpy(tp + 53, in->value + 53, 2);
+    tp[55] = '\0';
   } else {
     char trace[33];
     if (strlen(c->request_id) == 32 && is_hex(c->request_id, 32))
@@ -799,15 +878,19 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
       hex64(rng_next(c->w), trace + 16);
       trace[32] = '\0';
     }
-    snprintf(tp, sizeof(tp), "00-%s-%s-01", trace, parent);
+    memcpy(tp, "00-", 3);
+    memcpy(tp + 3, trace, 32);
+    tp[35] = '-';
+    memcpy(tp + 36, parent, 16);
+    memcpy(tp + 52, "-01", 4);
   }
   ok = ok && put_header(b, "traceparent", tp, strlen(tp));
   if (q->chunked) {
     ok = ok && buf_puts(b, "Transfer-Encoding: chunked\r\n");
   } else if (q->content_length >= 0) {
     char cl[32];
-    int n = snprintf(cl, sizeof(cl), "%lld", (long long)q->content_length);
-    ok = ok && put_header(b, "Content-Length", cl, (size_t)n);
+    size_t n = fmt_dec(cl, (uint64_t)q->content_length);
+    ok = ok && put_header(b, "Content-Length", cl, n);
   }
   return ok && buf_put(b, "\r\n", 2);
 }
@@ -869,7 +952,7 @@ static void request_done(gw_conn_t *c) {
     conn_close(c);
     return;
   }
-  buf_free(&c->utx);
+  buf_free(&c->utx); /* idle keep-alive connections hold as little as possible */
   c->state = S_HEAD;
   c->status = 0;
   c->resp_done = false;
@@ -997,8 +1080,10 @@ static size_t move_length(gw_buf_t *src, gw_buf_t *dst, int64_t *left) {
 /* Write data as one chunk, "<hex>\r\n<data>\r\n" (dst has room). */
 static void put_chunk(gw_buf_t *dst, const char *data, size_t n) {
   char hdr[24];
-  int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
-  buf_put(dst, hdr, (size_t)hl);
+  size_t hl = fmt_hex(hdr, n);
+  hdr[hl++] = '\r';
+  hdr[hl++] = '\n';
+  buf_put(dst, hdr, hl);
   buf_put(dst, data, n);
   buf_put(dst, "\r\n", 2);
 }
@@ -1169,8 +1254,14 @@ static void parse_response_head(gw_conn_t *c) {
   }
   gw_buf_t *b = &c->tx;
   char line[128];
-  int n = snprintf(line, sizeof(line), "HTTP/1.%d %d %.*s\r\n", client_11 ? 1 : 0, rh.status,
-                   (int)(rh.reason_len < 64 ? rh.reason_len : 64), rh.reason);
+  size_t rl = rh.reason_len < 64 ? rh.reason_len : 64;
+  memcpy(line, client_11 ? "HTTP/1.1 " : "HTTP/1.0 ", 9);
+  int n = 9 + (int)fmt_dec(line + 9, (uint64_t)rh.status);
+  line[n++] = ' ';
+  memcpy(line + n, rh.reason, rl);
+  n += (int)rl;
+  line[n++] = '\r';
+  line[n++] = '\n';
   bool ok = buf_put(b, line, (size_t)n);
   const gw_header_t *via = NULL;
   for (unsigned i = 0; ok && i < rh.nheaders; i++) {
@@ -1192,7 +1283,7 @@ static void parse_response_head(gw_conn_t *c) {
   ok = ok && put_header(b, "X-Request-Id", c->request_id, strlen(c->request_id));
   if (c->resp_mode == 1 || (!has_body && rh.content_length >= 0 && c->method == GW_HEAD)) {
     char cl[32];
-    n = snprintf(cl, sizeof(cl), "%lld", (long long)rh.content_length);
+    n = (int)fmt_dec(cl, (uint64_t)rh.content_length);
     ok = ok && put_header(b, "Content-Length", cl, (size_t)n);
   } else if (c->resp_mode == 2 || c->resp_mode == 3) {
     ok = ok && buf_puts(b, "Transfer-Encoding: chunked\r\n");
@@ -1289,15 +1380,14 @@ static void start_request(gw_conn_t *c) {
         timer_set(c, srv->header_timeout_ms, 408);
       return;
     }
-    c->started_ms = now_ms();
+    c->started_ms = w->now;
     c->bytes_in = 0; /* counted below: the head, then body bytes as they arrive */
     c->bytes_out = 0;
     c->request_id[0] = '\0';
     snprintf(c->path_log, sizeof(c->path_log), "-");
     if (rc < 0) {
       c->status = 0;
-      snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx",
-               (unsigned long long)rng_next(w), (unsigned long long)rng_next(w));
+      new_request_id(w, c->request_id);
       respond_problem(c, err.status, err.reason, true);
       return;
     }
@@ -1340,8 +1430,7 @@ static void start_request(gw_conn_t *c) {
         snprintf(c->request_id, sizeof(c->request_id), "%.*s", (int)rid->value_len, rid->value);
     }
     if (!c->request_id[0])
-      snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx",
-               (unsigned long long)rng_next(w), (unsigned long long)rng_next(w));
+      new_request_id(w, c->request_id);
     c->status = 1; /* marks "a request is in flight" for logging */
     /* route on the normalised path */
     char npath[GW_PATH_MAX];
@@ -1603,8 +1692,7 @@ static void on_timer(gw_conn_t *c) {
     return;
   }
   if (c->state == S_HEAD) {
-    snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx",
-             (unsigned long long)rng_next(c->w), (unsigned long long)rng_next(c->w));
+    new_request_id(c->w, c->request_id);
     respond_problem(c, 408, "the request head did not arrive in time", true);
   } else if (c->state == S_UPSTREAM) {
     if (c->up && !c->up->connected)
@@ -1721,6 +1809,7 @@ static void defer_free(gw_worker_t *w, gw_conn_t *c) {
 
 static void *worker_main(void *arg) {
   gw_worker_t *w = arg;
+  w->now = now_ms();
   gw_server_t *srv = w->srv;
   struct epoll_event evs[GW_EVENTS];
   int64_t last_sweep = now_ms();
@@ -1753,7 +1842,7 @@ static void *worker_main(void *arg) {
       break;
     int timeout = 1000;
     if (w->nheap > 0) {
-      int64_t d = w->heap[0]->deadline - now_ms();
+      int64_t d = w->heap[0]->heap_key - now_ms();
       timeout = d < 0 ? 0 : (d > 1000 ? 1000 : (int)d);
     }
     if (w->loglen > 0)
@@ -1761,6 +1850,7 @@ static void *worker_main(void *arg) {
     if (w->nagain > 0)
       timeout = 0;
     int n = epoll_wait(w->ep, evs, GW_EVENTS, timeout);
+    w->now = now_ms();
     /* the snapshot may have changed while we slept: requests in this
      * batch must see the one that is current now */
     gw_snapshot_t *fresh = atomic_load_explicit(&srv->current, memory_order_acquire);
@@ -1831,9 +1921,14 @@ static void *worker_main(void *arg) {
     for (int i = 0; i < w->ndead; i++)
       conn_free(w->dead[i]);
     w->ndead = 0;
-    int64_t now = now_ms();
-    while (w->nheap > 0 && w->heap[0]->deadline <= now) {
+    int64_t now = w->now = now_ms();
+    while (w->nheap > 0 && w->heap[0]->heap_key <= now) {
       gw_conn_t *c = w->heap[0];
+      if (c->deadline > now) { /* extended since it was filed: re-file */
+        c->heap_key = c->deadline;
+        heap_down(w, 0);
+        continue;
+      }
       timer_cancel(c);
       on_timer(c);
       if (c->closing)
