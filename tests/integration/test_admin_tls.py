@@ -15,14 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tgrun import clean_env as env, run_module_tests  # noqa: E402
 
 SERVER, CLI = sys.argv[1], sys.argv[2]
-
-
-def env():
-    e = {k: v for k, v in os.environ.items() if not k.startswith('TOLLGATE_')}
-    return e
 
 
 class Box:
@@ -133,22 +130,5 @@ def test_tls_settings_must_pair_and_exist():
         b.close()
 
 
-def main():
-    tests = [v for k, v in sorted(globals().items()) if k.startswith('test_')]
-    passed = failed = 0
-    for t in tests:
-        try:
-            t()
-            print('%s: ok' % t.__name__)
-            passed += 1
-        except Exception:
-            print('%s: FAIL' % t.__name__)
-            traceback.print_exc()
-            failed += 1
-        sys.stdout.flush()
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == '__main__':
-    main()
+    run_module_tests(globals())

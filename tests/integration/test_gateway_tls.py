@@ -21,13 +21,11 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tgrun import clean_env as env, run_module_tests  # noqa: E402
 
 GATEWAY, CLI = sys.argv[1], sys.argv[2]
-
-
-def env():
-    return {k: v for k, v in os.environ.items() if not k.startswith('TOLLGATE_')}
 
 
 def make_cert(d, name, san):
@@ -240,22 +238,5 @@ def test_bad_certificate_settings_fail_at_start():
         b.close()
 
 
-def main():
-    tests = [v for k, v in sorted(globals().items()) if k.startswith('test_')]
-    passed = failed = 0
-    for t in tests:
-        try:
-            t()
-            print('%s: ok' % t.__name__)
-            passed += 1
-        except Exception:
-            print('%s: FAIL' % t.__name__)
-            traceback.print_exc()
-            failed += 1
-        sys.stdout.flush()
-    print('%d passed, %d failed' % (passed, failed))
-    sys.exit(1 if failed else 0)
-
-
 if __name__ == '__main__':
-    main()
+    run_module_tests(globals())
