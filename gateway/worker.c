@@ -484,6 +484,17 @@ static void ep_add(gw_worker_t *w, int fd, void *tag, uint32_t events) {
   epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev);
 }
 
+/* Free an upstream connection that is not in a pool (deleting an fd that
+ * was never added to epoll is a harmless ENOENT). */
+static void up_destroy(gw_worker_t *w, gw_upconn_t *u) {
+  epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
+  SSL_free(u->ssl);
+  close(u->fd);
+  buf_free(&u->rx);
+  free(u);
+}
+
+/* Close an upstream connection, unlinking it from its idle pool first. */
 static void up_close(gw_worker_t *w, gw_upconn_t *u) {
   if (!u)
     return;
@@ -496,11 +507,7 @@ static void up_close(gw_worker_t *w, gw_upconn_t *u) {
       u->next->prev = u->prev;
     u->ts->nidle--;
   }
-  epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
-  SSL_free(u->ssl);
-  close(u->fd);
-  buf_free(&u->rx);
-  free(u);
+  up_destroy(w, u);
 }
 
 /* Give a finished upstream connection back to its pool, or close it. */
@@ -510,12 +517,7 @@ static void up_release(gw_worker_t *w, gw_upconn_t *u, bool reusable) {
   u->owner = NULL;
   if (!reusable || !u->ts || u->ts->nidle >= w->srv->pool_size || buf_len(&u->rx) > 0 ||
       w->draining) {
-    /* not in the pool, so nothing to unlink: close it directly */
-    epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
-    SSL_free(u->ssl);
-    close(u->fd);
-    buf_free(&u->rx);
-    free(u);
+    up_destroy(w, u); /* not in the pool, so nothing to unlink */
     return;
   }
   u->idle_since = now_ms();
@@ -543,15 +545,8 @@ static void conn_free(gw_conn_t *c) {
   for (int i = 0; i < w->nagain; i++)
     if (w->again[i] == c)
       w->again[i] = NULL;
-  if (c->up) {
-    c->up->owner = NULL;
-    c->up->ts = NULL; /* never pooled: it is mid-exchange */
-    epoll_ctl(w->ep, EPOLL_CTL_DEL, c->up->fd, NULL);
-    SSL_free(c->up->ssl);
-    close(c->up->fd);
-    buf_free(&c->up->rx);
-    free(c->up);
-  }
+  if (c->up)
+    up_destroy(w, c->up); /* never pooled: it is mid-exchange */
   epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
   SSL_free(c->ssl);
   close(c->fd);
@@ -974,13 +969,7 @@ static bool upstream_attach(gw_conn_t *c) {
     ts->nidle--;
     u->next = u->prev = NULL;
     if (now - u->idle_since > w->srv->idle_timeout_ms) {
-      u->owner = NULL;
-      u->ts = NULL;
-      epoll_ctl(w->ep, EPOLL_CTL_DEL, u->fd, NULL);
-      SSL_free(u->ssl);
-      close(u->fd);
-      buf_free(&u->rx);
-      free(u);
+      up_destroy(w, u); /* already unlinked above */
       continue;
     }
     u->owner = c;
@@ -1013,19 +1002,14 @@ static bool upstream_attach(gw_conn_t *c) {
   u->ts = ts;
   u->owner = c;
   if (c->target->https && !(u->ssl = gw_tls_client_new(w->srv->tls_client, fd, c->target->host))) {
-    close(fd);
-    buf_free(&u->rx);
-    free(u);
+    up_destroy(w, u);
     respond_problem(c, 502, "cannot start TLS toward the upstream", false);
     return false;
   }
   int rc = connect(fd, (struct sockaddr *)&c->target->addr, c->target->addrlen);
   u->connected = rc == 0;
   if (rc != 0 && errno != EINPROGRESS) {
-    SSL_free(u->ssl);
-    close(fd);
-    buf_free(&u->rx);
-    free(u);
+    up_destroy(w, u);
     return false; /* the caller counts the failure, then retries or answers 502 */
   }
   ep_add(w, fd, u, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
