@@ -108,24 +108,14 @@ int main(int argc, char **argv) {
     rc = fail(&p, TG_ECONFIG) + 1;
     goto out;
   }
-  if (cli.argi < argc) {
-    fprintf(stderr, "tollgate-server: unexpected argument %s (see --help)\n", argv[cli.argi]);
-    rc = 2;
+  if ((rc = tg_config_meta("tollgate-server", TOLLGATE_VERSION, tg_store_schema_latest(),
+                           "usage: tollgate-server [--config FILE] [--KEY VALUE ...]\n"
+                           "       tollgate-server --help | --version | --check-config | "
+                           "--print-routes\n\n"
+                           "Runs the admin REST API (default http://127.0.0.1:8001).\n",
+                           &cli, argc, argv, false)) >= 0)
     goto out;
-  }
-  if (cli.help) {
-    printf("usage: tollgate-server [--config FILE] [--KEY VALUE ...]\n"
-           "       tollgate-server --help | --version | --check-config | --print-routes\n\n"
-           "Runs the admin REST API (default http://127.0.0.1:8001). Settings:\n");
-    tg_config_help(stdout);
-    rc = EXIT_SUCCESS;
-    goto out;
-  }
-  if (cli.version) {
-    printf("tollgate-server %s (schema %d)\n", TOLLGATE_VERSION, tg_store_schema_latest());
-    rc = EXIT_SUCCESS;
-    goto out;
-  }
+  rc = EXIT_FAILURE;
   if (print_routes) {
     adm_routes_print(stdout);
     rc = EXIT_SUCCESS;

@@ -362,18 +362,9 @@ int main(int argc, char **argv) {
     rc = EXIT_USAGE;
     goto out;
   }
-  if (cli.help) {
-    fputs(usage_text, stdout);
-    printf("\nsettings:\n");
-    tg_config_help(stdout);
-    rc = EXIT_SUCCESS;
+  if ((rc = tg_config_meta("tollgate", TOLLGATE_VERSION, tg_store_schema_latest(), usage_text, &cli,
+                           argc, argv, true)) >= 0)
     goto out;
-  }
-  if (cli.version) {
-    printf("tollgate %s (schema %d)\n", TOLLGATE_VERSION, tg_store_schema_latest());
-    rc = EXIT_SUCCESS;
-    goto out;
-  }
   if (cli.check_config) {
     tg_config_dump(cfg, stdout);
     rc = EXIT_SUCCESS;

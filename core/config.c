@@ -1527,6 +1527,25 @@ static void help_keys(const tg_cfg_key_t *keys, FILE *out) {
           TG_CONFIG_DEFAULT_PATH);
 }
 
+int tg_config_meta(const char *prog, const char *version, int schema, const char *usage,
+                   const tg_cli_t *cli, int argc, char **argv, bool positionals) {
+  if (!positionals && cli->argi < argc) {
+    fprintf(stderr, "%s: unexpected argument %s (see --help)\n", prog, argv[cli->argi]);
+    return 2;
+  }
+  if (cli->help) {
+    fputs(usage, stdout);
+    printf("\nsettings:\n");
+    tg_config_help(stdout);
+    return 0;
+  }
+  if (cli->version) {
+    printf("%s %s (schema %d)\n", prog, version, schema);
+    return 0;
+  }
+  return -1;
+}
+
 void tg_config_help(FILE *out) {
   help_keys(tg_config_keys, out);
 }

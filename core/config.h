@@ -126,4 +126,14 @@ void tg_config_dump(const tg_config_t *cfg, FILE *out);
 /* Print the key table (name, type, default, help) for --help. */
 void tg_config_help(FILE *out);
 
+/*
+ * The meta flags every binary shares, handled after tg_config_load: with
+ * positionals false a stray argument is refused; --help prints `usage`,
+ * "settings:" and the key table; --version prints "<prog> <version>
+ * (schema <schema>)". Returns the exit status to stop with (0, or 2 for a
+ * stray argument), or -1 to carry on.
+ */
+int tg_config_meta(const char *prog, const char *version, int schema, const char *usage,
+                   const tg_cli_t *cli, int argc, char **argv, bool positionals);
+
 #endif

@@ -154,25 +154,14 @@ int main(int argc, char **argv) {
     rc = 2;
     goto out;
   }
-  if (cli.argi < argc) {
-    fprintf(stderr, "tollgate-gateway: unexpected argument %s (see --help)\n", argv[cli.argi]);
-    rc = 2;
+  if ((rc = tg_config_meta("tollgate-gateway", TOLLGATE_VERSION, tg_store_schema_latest(),
+                           "usage: tollgate-gateway [--config FILE] [--KEY VALUE ...]\n"
+                           "       tollgate-gateway --help | --version | --check-config\n\n"
+                           "The data plane: routes API calls to upstreams (default :8000),\n"
+                           "status on 127.0.0.1:8100 (/health, /metrics).\n",
+                           &cli, argc, argv, false)) >= 0)
     goto out;
-  }
-  if (cli.help) {
-    printf("usage: tollgate-gateway [--config FILE] [--KEY VALUE ...]\n"
-           "       tollgate-gateway --help | --version | --check-config\n\n"
-           "The data plane: routes API calls to upstreams (default :8000), status on\n"
-           "127.0.0.1:8100 (/health, /metrics). Settings:\n");
-    tg_config_help(stdout);
-    rc = EXIT_SUCCESS;
-    goto out;
-  }
-  if (cli.version) {
-    printf("tollgate-gateway %s (schema %d)\n", TOLLGATE_VERSION, tg_store_schema_latest());
-    rc = EXIT_SUCCESS;
-    goto out;
-  }
+  rc = EXIT_FAILURE;
   if (tg_addr_resolve(tg_config_str(cfg, "gateway_listen"), "gateway_listen", &srv.listen_addr,
                       &len, &p) ||
       tg_addr_resolve(tg_config_str(cfg, "status_listen"), "status_listen", &status_addr, &slen,
