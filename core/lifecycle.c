@@ -115,15 +115,30 @@ out:
   return result;
 }
 
+/* A status rule: `action` moves a row from one of `from` ('|' separated)
+ * to `to`. */
+typedef struct status_rule {
+  const char *action, *from, *to;
+} status_rule_t;
+
+static int apply_rule(tg_store_t *s, tg_entity_t ent, const status_rule_t *rules, size_t n,
+                      const char *id, const char *action, json_t **row, tg_problem_t *p) {
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(action, rules[i].action) == 0)
+      return transition(s, ent, id, rules[i].from, rules[i].to, action, row, p);
+  return tg_problem_set(p, TG_EINVAL, "action", "unknown %s action \"%s\"",
+                        tg_model_entity(ent)->name, action);
+}
+
 int tg_developer_transition(tg_store_t *s, const char *id, const char *action, json_t **row,
                             tg_problem_t *p) {
-  if (strcmp(action, "approve") == 0)
-    return transition(s, TG_ENT_DEVELOPER, id, "pending", "active", action, row, p);
-  if (strcmp(action, "suspend") == 0)
-    return transition(s, TG_ENT_DEVELOPER, id, "pending|active", "suspended", action, row, p);
-  if (strcmp(action, "unsuspend") == 0)
-    return transition(s, TG_ENT_DEVELOPER, id, "suspended", "active", action, row, p);
-  return tg_problem_set(p, TG_EINVAL, "action", "unknown developer action \"%s\"", action);
+  static const status_rule_t rules[] = {
+      {"approve", "pending", "active"},
+      {"suspend", "pending|active", "suspended"},
+      {"unsuspend", "suspended", "active"},
+  };
+  return apply_rule(s, TG_ENT_DEVELOPER, rules, sizeof(rules) / sizeof(rules[0]), id, action, row,
+                    p);
 }
 
 /* Apply `changes` to every row of `ent` with filter field = value whose
@@ -276,18 +291,14 @@ out:
 
 int tg_subscription_transition(tg_store_t *s, const char *id, const char *action, json_t **row,
                                tg_problem_t *p) {
-  static const struct {
-    const char *action, *from, *to;
-  } rules[] = {
+  static const status_rule_t rules[] = {
       {"approve", "pending", "active"},
       {"suspend", "active", "suspended"},
       {"resume", "suspended", "active"},
       {"cancel", "pending|active|suspended", "cancelled"},
   };
-  for (size_t i = 0; i < sizeof(rules) / sizeof(rules[0]); i++)
-    if (strcmp(action, rules[i].action) == 0)
-      return transition(s, TG_ENT_SUBSCRIPTION, id, rules[i].from, rules[i].to, action, row, p);
-  return tg_problem_set(p, TG_EINVAL, "action", "unknown subscription action \"%s\"", action);
+  return apply_rule(s, TG_ENT_SUBSCRIPTION, rules, sizeof(rules) / sizeof(rules[0]), id, action,
+                    row, p);
 }
 
 int tg_key_create(tg_store_t *s, const tg_secret_t *secret, const char *app_id, const char *name,
