@@ -16,10 +16,10 @@
 
 #include "core/idempotency.h"
 #include "core/util.h"
+#include "store_fixture.h"
 #include "tg_test.h"
 
-static char dir[64], path[128];
-static bool have_dir;
+static store_fixture_t FX;
 static tg_store_t *S;
 static tg_secret_t SEC;
 static char *bodies[16]; /* lookup results, freed by teardown */
@@ -35,31 +35,12 @@ static void teardown(void) {
     free(bodies[--nbodies]);
   while (nfiles > 0)
     free(files[--nfiles]);
-  if (have_dir) {
-    char f[160];
-    const char *suffix[] = {"", "-wal", "-shm"};
-    for (int i = 0; i < 3; i++) {
-      snprintf(f, sizeof(f), "%s%s", path, suffix[i]);
-      unlink(f);
-    }
-    rmdir(dir);
-    have_dir = false;
-  }
+  fixture_remove(&FX, NULL);
 }
 
 static void fresh(void) {
   teardown();
-  snprintf(dir, sizeof(dir), "/tmp/tg_idem_XXXXXX");
-  if (!mkdtemp(dir))
-    abort();
-  have_dir = true;
-  snprintf(path, sizeof(path), "%s/t.db", dir);
-  tg_store_options_t opt = {.path = path, .busy_timeout_ms = 2000, .mode = TG_STORE_OPEN_MIGRATE};
-  tg_problem_t p = {0};
-  if (tg_store_open(&opt, &S, NULL, NULL, &p)) {
-    fprintf(stderr, "open: %s\n", p.detail);
-    abort();
-  }
+  S = fixture_open(&FX, "tg_idem");
   randombytes_buf(SEC.bytes, sizeof(SEC.bytes));
 }
 
@@ -355,36 +336,20 @@ TG_TEST(records_expire_and_are_purged) {
   teardown();
 }
 
+/* fixture_slurp, kept for teardown to free */
 static unsigned char *slurp(const char *file, size_t *len) {
-  FILE *f = fopen(file, "rb");
-  *len = 0;
-  if (!f)
-    return NULL;
-  unsigned char *buf = NULL;
-  size_t cap = 0;
-  for (;;) {
-    if (*len == cap) {
-      cap = cap ? cap * 2 : 65536;
-      unsigned char *nb = realloc(buf, cap);
-      if (!nb)
-        abort();
-      buf = nb;
-    }
-    size_t n = fread(buf + *len, 1, cap - *len, f);
-    if (n == 0)
-      break;
-    *len += n;
+  unsigned char *buf = fixture_slurp(file, len);
+  if (buf) {
+    if (nfiles == 4)
+      abort();
+    files[nfiles++] = buf;
   }
-  fclose(f);
-  if (nfiles == 4)
-    abort();
-  files[nfiles++] = buf;
   return buf;
 }
 
 static sqlite3 *raw_open(void) {
   sqlite3 *db = NULL;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
+  if (sqlite3_open_v2(FX.path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK)
     abort();
   sqlite3_busy_timeout(db, 2000);
   return db;
@@ -470,7 +435,7 @@ TG_TEST(nothing_in_the_clear_on_disk) {
   for (int f = 0; f < 2; f++) {
     char file[160];
     size_t len;
-    snprintf(file, sizeof(file), "%s%s", path, suffix[f]);
+    snprintf(file, sizeof(file), "%s%s", FX.path, suffix[f]);
     unsigned char *bytes = slurp(file, &len);
     total += len;
     if (!bytes)

@@ -18,10 +18,10 @@
 #include "core/lifecycle.h"
 #include "core/tokens.h"
 #include "core/util.h"
+#include "store_fixture.h"
 #include "tg_test.h"
 
-static char dir[64], path[128];
-static bool have_dir;
+static store_fixture_t FX;
 static tg_store_t *S;
 static tg_secret_t SEC;
 
@@ -35,31 +35,12 @@ static void teardown(void) {
   S = NULL;
   while (ngarbage > 0)
     json_decref(garbage[--ngarbage]);
-  if (have_dir) {
-    char f[160];
-    const char *suffix[] = {"", "-wal", "-shm"};
-    for (int i = 0; i < 3; i++) {
-      snprintf(f, sizeof(f), "%s%s", path, suffix[i]);
-      unlink(f);
-    }
-    rmdir(dir);
-    have_dir = false;
-  }
+  fixture_remove(&FX, NULL);
 }
 
 static void fresh(void) {
   teardown();
-  snprintf(dir, sizeof(dir), "/tmp/tg_lifecycle_XXXXXX");
-  if (!mkdtemp(dir))
-    abort();
-  have_dir = true;
-  snprintf(path, sizeof(path), "%s/t.db", dir);
-  tg_store_options_t opt = {.path = path, .busy_timeout_ms = 2000, .mode = TG_STORE_OPEN_MIGRATE};
-  tg_problem_t p = {0};
-  if (tg_store_open(&opt, &S, NULL, NULL, &p)) {
-    fprintf(stderr, "open: %s\n", p.detail);
-    abort();
-  }
+  S = fixture_open(&FX, "tg_lifecycle");
   randombytes_buf(SEC.bytes, sizeof(SEC.bytes));
 }
 

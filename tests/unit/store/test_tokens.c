@@ -9,6 +9,7 @@
 
 #include "core/tokens.h"
 #include "core/util.h"
+#include "store_fixture.h"
 #include "tg_test.h"
 
 static char dir[64], path[128], secret_path[128];
@@ -142,30 +143,6 @@ TG_TEST(admin_tokens_authenticate_until_revoked_or_expired) {
   cleanup(s);
 }
 
-static unsigned char *slurp(const char *file, size_t *len) {
-  FILE *f = fopen(file, "rb");
-  *len = 0;
-  if (!f)
-    return NULL;
-  unsigned char *buf = NULL;
-  size_t cap = 0;
-  for (;;) {
-    if (*len == cap) {
-      cap = cap ? cap * 2 : 65536;
-      unsigned char *nb = realloc(buf, cap);
-      if (!nb)
-        abort();
-      buf = nb;
-    }
-    size_t n = fread(buf + *len, 1, cap - *len, f);
-    if (n == 0)
-      break;
-    *len += n;
-  }
-  fclose(f);
-  return buf;
-}
-
 TG_TEST(issued_keys_leave_no_plaintext_on_disk) {
   enum { N = 200 };
   tg_store_t *s = fresh();
@@ -211,7 +188,7 @@ TG_TEST(issued_keys_leave_no_plaintext_on_disk) {
     char file[160];
     size_t len;
     snprintf(file, sizeof(file), "%s%s", path, suffix[f]);
-    unsigned char *bytes = slurp(file, &len);
+    unsigned char *bytes = fixture_slurp(file, &len);
     total += len;
     for (int i = 0; bytes && i < N; i++) {
       /* neither the key nor its secret body (past the visible prefix) */
