@@ -38,10 +38,13 @@
 #include "gateway/gw.h"
 #include "gateway/tls.h"
 
-#define GW_IO_BUF   (16 * 1024)
-#define GW_EVENTS   256
-#define GW_LOG_BUF  (64 * 1024)
-#define GW_PATH_MAX 8192
+#define GW_IO_BUF (16 * 1024)
+/* A request body up to this size is kept so that the request can be sent
+ * again to another target (retries); larger bodies stream once. */
+#define GW_REPLAY_MAX (64 * 1024)
+#define GW_EVENTS     256
+#define GW_LOG_BUF    (64 * 1024)
+#define GW_PATH_MAX   8192
 
 enum { K_LISTEN = 1, K_LISTEN_TLS, K_CLIENT, K_UP, K_WAKE };
 
@@ -112,6 +115,10 @@ struct gw_conn {
   const gw_target_t *target;
   gw_upconn_t *up;
   int retries_left;
+  bool up_wrote; /* this attempt wrote bytes to the upstream */
+  char *replay;  /* the body so far, while it fits GW_REPLAY_MAX */
+  size_t replay_len, replay_pos;
+  bool replay_ok;
   bool req_chunked, req_sent_all, resp_started, client_keep_alive;
   int64_t req_body_left; /* CL bytes still to forward */
   int64_t req_body_total;
@@ -553,6 +560,7 @@ static void conn_free(gw_conn_t *c) {
   buf_free(&c->rx);
   buf_free(&c->tx);
   buf_free(&c->utx);
+  free(c->replay);
   free(c);
   w->nconns--;
   atomic_fetch_sub_explicit(&w->srv->live_connections, 1, memory_order_relaxed);
@@ -948,6 +956,8 @@ static void request_done(gw_conn_t *c) {
     return;
   }
   buf_free(&c->utx); /* idle keep-alive connections hold as little as possible */
+  free(c->replay);
+  c->replay = NULL;
   c->state = S_HEAD;
   c->status = 0;
   c->resp_done = false;
@@ -1017,6 +1027,10 @@ static bool upstream_attach(gw_conn_t *c) {
   return true;
 }
 
+static bool idempotent(gw_method_t m) {
+  return m == GW_GET || m == GW_HEAD || m == GW_PUT || m == GW_DELETE || m == GW_OPTIONS;
+}
+
 /* An upstream failed before any response byte reached the client: retry
  * on another target when the request can be sent again, else 502/504. */
 static void upstream_failed(gw_conn_t *c, int status, const char *why) {
@@ -1028,14 +1042,23 @@ static void upstream_failed(gw_conn_t *c, int status, const char *why) {
   }
   if (!stale_pooled)
     target_failed(w, c->target);
-  bool resendable =
-      !c->resp_started && c->req_body_total == 0 && (c->req.content_length <= 0 && !c->req_chunked);
+  /* Sent again only what can be sent again whole (the body so far is in
+   * the replay copy), and only when that cannot apply it twice: a request
+   * that never reached the upstream, or an idempotent one (RFC 9110 9.2.2;
+   * nginx likewise never retries a POST or PATCH once sent). */
+  bool whole =
+      c->req_body_total == 0 || (c->replay_ok && c->replay_len == (size_t)c->req_body_total);
+  bool resendable = !c->resp_started && whole && (!c->up_wrote || idempotent(c->req.method));
   if (resendable && (stale_pooled || c->retries_left > 0)) {
     if (!stale_pooled)
       c->retries_left--;
     const gw_target_t *next = pick_target(w, c->route, stale_pooled ? NULL : c->target);
     if (next) {
       c->target = next;
+      c->req_body_left = c->req.content_length > 0 ? c->req.content_length : 0;
+      c->req_body_total = 0;
+      c->req_sent_all = !c->req_chunked && c->req_body_left == 0;
+      c->replay_pos = 0;
       /* the head names the target's Host and base path: rebuild it */
       c->state = S_HEAD;
       start_request(c);
@@ -1110,7 +1133,22 @@ static int rechunk(gw_chunked_t *dec, gw_buf_t *src, gw_buf_t *dst, int64_t *roo
 static void feed_request_body(gw_conn_t *c) {
   while (!c->req_sent_all) {
     if (!c->req_chunked) {
-      size_t n = move_length(&c->rx, &c->utx, &c->req_body_left);
+      size_t n;
+      if (c->replay_pos < c->replay_len) { /* a retry sends the kept copy first */
+        n = c->replay_len - c->replay_pos;
+        if (n > buf_space(&c->utx))
+          n = buf_space(&c->utx);
+        buf_put(&c->utx, c->replay + c->replay_pos, n);
+        c->replay_pos += n;
+        c->req_body_left -= (int64_t)n;
+      } else {
+        n = move_length(&c->rx, &c->utx, &c->req_body_left);
+        if (n > 0 && c->replay_ok) {
+          memcpy(c->replay + c->replay_len, c->utx.data + c->utx.end - n, n);
+          c->replay_len += n;
+          c->replay_pos = c->replay_len;
+        }
+      }
       if (n == 0)
         break;
       c->req_body_total += (int64_t)n;
@@ -1145,6 +1183,7 @@ static bool upstream_flush(gw_conn_t *c) {
     if (n > 0) {
       c->utx.start += (size_t)n;
       c->moved += (uint64_t)n;
+      c->up_wrote = true;
       continue;
     }
     if (n == GW_IO_AGAIN)
@@ -1461,6 +1500,11 @@ static void start_request(gw_conn_t *c) {
     c->req_sent_all = !c->req_chunked && c->req_body_left == 0;
     c->req_dec_done = false;
     gw_chunked_init(&c->req_dec);
+    c->replay_len = c->replay_pos = 0;
+    c->replay_ok = !c->req_chunked && c->req_body_left > 0 && c->req_body_left <= GW_REPLAY_MAX &&
+                   c->route->retries > 0;
+    if (c->replay_ok && !c->replay && !(c->replay = malloc(GW_REPLAY_MAX)))
+      c->replay_ok = false;
     c->resp_started = false;
     c->resp_done = false;
     if (!buf_init(&c->utx, GW_IO_BUF) || !build_upstream_head(c, npath, (size_t)nl)) {
@@ -1481,6 +1525,7 @@ static void start_request(gw_conn_t *c) {
     }
   }
   c->state = S_UPSTREAM;
+  c->up_wrote = false;
   if (!upstream_attach(c)) {
     if (c->state == S_UPSTREAM)
       upstream_failed(c, 502, "the upstream refused the connection");

@@ -2011,7 +2011,11 @@ def setup_upstream(w):
               retries=1)
     w.add_api("flaky", "/flaky", [(w.slam.url + "/slam", 100), (u2.url + "/fl", 100)], retries=1)
     w.add_api("weights", "/weights", [(u1.url + "/w", 1), (u2.url + "/w", 3)])
-    w.add_api("again", "/again", [(u1.url + "/ag", 100)], retries=1)
+    for i in range(7):  # one API per case of test_retry_rules: failures add up per target
+        w.add_api("again-%d" % i, "/again-%d" % i, [(u1.url + "/ag", 100)], retries=1)
+    w.dead_sock3, w.dead3 = dead_port()
+    w.add_api("retry-body", "/retry-body",
+              [("http://127.0.0.1:%d/rb" % w.dead3, 100), (u2.url + "/rb", 100)], retries=1)
     w.start_gateway("--gateway-workers", "1")
 
 
@@ -2139,18 +2143,33 @@ def test_passive_health_exact(w):
     eq(w.slam.accepts - a0, 3, "connections to the failing target before it was skipped")
 
 
-def test_retry_only_bodyless(w):
+def test_retry_rules(w):
+    """A request is sent again only when it can be sent whole and cannot be
+    applied twice: never reached the upstream, or idempotent (RFC 9110
+    9.2.2) with its body still at hand (kept up to 64 KiB)."""
     u1 = w.ups["u1"]
-    n0 = len(u1.with_target("/ag/again/reset"))
-    r = call(w.port, "GET", "/again/reset")
-    problem(r, 502, "GET to /reset with retries=1")
-    time.sleep(0.05)
-    eq(len(u1.with_target("/ag/again/reset")) - n0, 2, "GET without body is sent once more")
-    n0 = len(u1.with_target("/ag/again/reset"))
-    r = call(w.port, "POST", "/again/reset", body=b"payload")
-    problem(r, 502, "POST with a body to /reset with retries=1")
-    time.sleep(0.05)
-    eq(len(u1.with_target("/ag/again/reset")) - n0, 1, "a request with a body is never resent")
+    cases = [("GET", None, 2, "GET without a body"),
+             ("PUT", b"payload", 2, "PUT with a small body (kept for the retry)"),
+             ("DELETE", None, 2, "DELETE"),
+             ("POST", b"", 1, "POST with an empty body (not idempotent)"),
+             ("POST", b"payload", 1, "POST with a body"),
+             ("PATCH", b"{}", 1, "PATCH"),
+             ("PUT", b"x" * (64 * 1024 + 1), 1, "PUT with a body over 64 KiB (streamed once)")]
+    for i, (method, body, times, what) in enumerate(cases):
+        r = call(w.port, method, "/again-%d/reset" % i, body=body)
+        problem(r, 502, "%s to /reset with retries=1" % what)
+        time.sleep(0.05)
+        eq(len(u1.with_target("/ag/again-%d/reset" % i)), times,
+           "%s: times the upstream received it" % what)
+    # nothing reached the refused target: even a POST with a body is safe to
+    # send on, and arrives whole
+    for i, method in enumerate(("POST", "PUT", "POST", "PATCH")):
+        body = ("%s body %d " % (method, i)).encode() * 300
+        r = call(w.port, method, "/retry-body/echo", body=body)
+        eq((r.status, r.header("X-Upstream-Name")), (200, "u2"),
+           "%s %d with a refused first target" % (method, i), r)
+        eq(base64.b64decode(json.loads(r.body)["body_b64"]), body,
+           "%s %d: the body reached the second target whole" % (method, i), r)
 
 
 def test_weights(w):
@@ -2295,7 +2314,7 @@ UPSTREAM_TESTS = ([test_upstream_down_502, test_upstream_read_timeout_504,
                   [make_bad_response_test(k) for k in ("cl-te", "double-cl", "obs-fold",
                                                        "bare-lf", "garbage")] +
                   [test_upstream_cut_body, test_retry_dead_target, test_passive_health_exact,
-                   test_retry_only_bodyless, test_weights])
+                   test_retry_rules, test_weights])
 
 STOP_TESTS = [test_graceful_inflight_completes, test_graceful_inflight_announces_close,
               test_graceful_new_connections_refused, test_graceful_health_unavailable,
