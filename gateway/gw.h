@@ -43,6 +43,10 @@ typedef struct gw_target {
   struct sockaddr_storage addr;
   socklen_t addrlen;
   bool resolved;
+  /* passive health, copied from the route so that a failure needs only the
+   * target: passive_failures consecutive failures (0: never) take the target
+   * out for passive_cooldown_ms, per worker */
+  int passive_failures, passive_cooldown_ms;
 } gw_target_t;
 
 typedef struct gw_route {
@@ -56,6 +60,7 @@ typedef struct gw_route {
   bool strip_prefix;
   int connect_ms, read_ms, write_ms, retries;
   int64_t max_body;
+  int passive_failures, passive_cooldown_ms;
   gw_target_t *targets;
   int ntargets;
   int total_weight;

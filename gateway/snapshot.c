@@ -143,6 +143,8 @@ static int load_targets(tg_store_t *store, gw_route_t *r, char *err, size_t errl
       t->weight = (int)json_integer_value(json_object_get(row, "weight"));
       if (t->weight <= 0 || parse_target(str(row, "url"), t) != 0)
         continue; /* weight 0 = drained; a bad URL cannot pass the model */
+      t->passive_failures = r->passive_failures;
+      t->passive_cooldown_ms = r->passive_cooldown_ms;
       resolve(t);
       r->total_weight += t->weight;
       r->ntargets++;
@@ -188,6 +190,8 @@ static int route_from_row(tg_store_t *store, const json_t *row, gw_route_t *r, c
   r->write_ms = (int)json_integer_value(json_object_get(row, "write_timeout_ms"));
   r->retries = (int)json_integer_value(json_object_get(row, "retries"));
   r->max_body = json_integer_value(json_object_get(row, "max_body_bytes"));
+  r->passive_failures = (int)json_integer_value(json_object_get(row, "passive_failures"));
+  r->passive_cooldown_ms = (int)json_integer_value(json_object_get(row, "passive_cooldown_ms"));
   return load_targets(store, r, err, errlen);
 oom:
   snprintf(err, errlen, "out of memory");

@@ -419,9 +419,10 @@ static void target_failed(gw_worker_t *w, const gw_target_t *t) {
   gw_tstate_t *ts = tstate(w, t);
   if (!ts)
     return;
-  /* 3 consecutive failures take a target out for 10 s (passive health) */
-  if (++ts->failures >= 3) {
-    ts->down_until = now_ms() + 10000;
+  /* passive health: the API's passive_failures consecutive failures (0:
+   * off) take a target out for its passive_cooldown_ms */
+  if (t->passive_failures > 0 && ++ts->failures >= t->passive_failures) {
+    ts->down_until = now_ms() + t->passive_cooldown_ms;
     ts->failures = 0;
   }
   atomic_fetch_add_explicit(&w->stats.upstream_errors, 1, memory_order_relaxed);
