@@ -401,7 +401,8 @@ static const gw_target_t *pick_target(gw_worker_t *w, const gw_route_t *r,
   for (int i = 0; i < r->ntargets; i++) {
     const gw_target_t *t = &r->targets[i];
     gw_tstate_t *ts = tstate(w, t);
-    if (!ts || !t->resolved || ts->down_until > now || (t == avoid && r->ntargets > 1))
+    if (!ts || !t->resolved || ts->down_until > now || gw_target_down(t) ||
+        (t == avoid && r->ntargets > 1))
       continue;
     ts->current_weight += t->weight;
     total += t->weight;
