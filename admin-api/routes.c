@@ -428,7 +428,9 @@ static void h_put_api(adm_req_t *r, const route_t *rt) {
       "\"strip_prefix\":false,\"connect_timeout_ms\":5000,\"read_timeout_ms\":60000,"
       "\"write_timeout_ms\":60000,\"retries\":1,\"auth_mode\":\"key\","
       "\"key_query_param\":null,\"max_body_bytes\":10485760,\"portal_visible\":true,"
-      "\"openapi\":null}";
+      "\"openapi\":null,\"healthcheck_path\":null,\"healthcheck_interval_ms\":5000,"
+      "\"healthcheck_timeout_ms\":2000,\"healthy_threshold\":2,\"unhealthy_threshold\":3,"
+      "\"passive_failures\":3,\"passive_cooldown_ms\":10000}";
   const char *slug = r->params[0];
   json_t *body = adm_body_object(r, false), *cur = NULL, *state = NULL, *row = NULL, *rename = NULL;
   tg_problem_t p = {0};

@@ -1,9 +1,12 @@
 /*
  * model.c - entity descriptors and write validation (see model.h).
  *
- * Invariant: each descriptor lists exactly the columns of its table in
- * schema/0001_init.sql (tests/unit/store checks this against the real
- * database), with limits no looser than the table's CHECK constraints.
+ * Invariant: each descriptor lists exactly the columns of its table as the
+ * migrations in schema/ leave it (tests/unit/store checks this against the
+ * real database), with limits no looser than the table's CHECK
+ * constraints. The order here is the order rows show their members; it
+ * matches the table's column order except for columns a later migration
+ * appended (ALTER TABLE cannot place them), such as the apis health ones.
  */
 #include "core/model.h"
 
@@ -178,6 +181,38 @@ static int check_param_name(const json_t *v, const char *ptr, tg_problem_t *p) {
   return TG_OK;
 }
 
+/* An origin-form request target for active health checks (RFC 9112
+ * 3.2.1): '/' first, then only what RFC 3986 allows in a path and query
+ * (unreserved, sub-delims, ':', '@', '/', '?' and %HH escapes). It is sent
+ * as it is, after the target's base path. */
+static bool hex_ok(char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static int check_healthcheck_path(const json_t *v, const char *ptr, tg_problem_t *p) {
+  static const char other[] = "-._~!$&'()*+,;=:@/?";
+  const char *s = json_string_value(v);
+  size_t len = json_string_length(v);
+  if (len == 0 || s[0] != '/')
+    return tg_problem_set(p, TG_EINVAL, ptr, "must start with '/'");
+  for (size_t i = 0; i < len; i++) {
+    char c = s[i];
+    if (c == '%') {
+      if (i + 2 >= len || !hex_ok(s[i + 1]) || !hex_ok(s[i + 2]))
+        return tg_problem_set(p, TG_EINVAL, ptr, "has a '%%' not followed by two hex digits");
+      i += 2;
+      continue;
+    }
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              memchr(other, c, sizeof(other) - 1) != NULL;
+    if (!ok)
+      return tg_problem_set(p, TG_EINVAL, ptr,
+                            "must be a path and optional query without spaces, control "
+                            "characters, '#' or other characters RFC 3986 does not allow");
+  }
+  return TG_OK;
+}
+
 static int check_openapi(const json_t *v, const char *ptr, tg_problem_t *p) {
   if (!json_is_object(v))
     return tg_problem_set(p, TG_EINVAL, ptr, "must be an OpenAPI document (a JSON object)");
@@ -224,6 +259,15 @@ static const tg_field_t api_fields[] = {
     {"max_body_bytes", TG_FT_INT, 0, 0, 1099511627776LL, NULL, NULL},
     {"portal_visible", TG_FT_BOOL, TG_F_FILTER, 0, 1, NULL, NULL},
     {"openapi", TG_FT_JSON, TG_F_NULLABLE, 0, 4194304, NULL, check_openapi},
+    /* upstream health (schema/0003_health.sql): active checks when
+     * healthcheck_path is set; passive_failures 0 turns passive health off */
+    {"healthcheck_path", TG_FT_TEXT, TG_F_NULLABLE, 1, 1024, NULL, check_healthcheck_path},
+    {"healthcheck_interval_ms", TG_FT_INT, 0, 100, 3600000, NULL, NULL},
+    {"healthcheck_timeout_ms", TG_FT_INT, 0, 10, 600000, NULL, NULL},
+    {"healthy_threshold", TG_FT_INT, 0, 1, 100, NULL, NULL},
+    {"unhealthy_threshold", TG_FT_INT, 0, 1, 100, NULL, NULL},
+    {"passive_failures", TG_FT_INT, 0, 0, 100, NULL, NULL},
+    {"passive_cooldown_ms", TG_FT_INT, 0, 100, 3600000, NULL, NULL},
     SERVER_FIELDS_TAIL,
 };
 

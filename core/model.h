@@ -4,8 +4,10 @@
  *
  * The model is backend-neutral. A store implementation (store_sqlite.c
  * today, PostgreSQL later) maps each entity to a table whose columns are
- * the fields below, in this order; the SQL schema (schema/) repeats these
- * rules as CHECK constraints so that a bug above cannot store a bad row.
+ * the fields below, by name (rows show them in this order; a column that a
+ * later migration appended may sit elsewhere in the table); the SQL schema
+ * (schema/) repeats these rules as CHECK constraints so that a bug above
+ * cannot store a bad row.
  *
  * Rows travel as jansson objects whose members are the fields:
  *

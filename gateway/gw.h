@@ -9,7 +9,11 @@
  *   - one config thread: loads the snapshot from the store at start and
  *     rebuilds it when the store changes (PRAGMA data_version, then the
  *     change log), publishing it with an atomic pointer swap;
- *   - one status thread: /health and /metrics on status_listen.
+ *   - one status thread: /health and /metrics on status_listen;
+ *   - one health thread (health.c): active health checks of the targets of
+ *     APIs with a healthcheck_path, from a copy of their addresses that the
+ *     config thread hands over with each snapshot it publishes; it never
+ *     reads a snapshot itself.
  *
  * Snapshot lifetime (a simple epoch scheme): workers read `current` once
  * per loop turn and publish the generation they hold; the config thread
@@ -31,6 +35,33 @@
 
 #define GW_MAX_WORKERS 256
 #define GW_ID_LEN      30
+#define GW_TKEY_LEN    (GW_ID_LEN + 300) /* "<target id>|<host_header>|<https>" */
+
+/*
+ * Active health of one upstream target. health.c keeps a registry of these
+ * keyed like a worker's per-target state ("<target id>|<host_header>|
+ * <https>", so a target whose URL changes starts afresh) and never frees an
+ * entry while the process runs: the distinct targets bound their number, and
+ * a snapshot's target may point at its entry for as long as the snapshot
+ * lives, whatever the health thread does meanwhile.
+ *
+ *   | member               | written by          | read by                  |
+ *   |----------------------|---------------------|--------------------------|
+ *   | down                 | health thread       | workers (relaxed load)   |
+ *   | probes_ok, _failed   | health thread       | status thread            |
+ *   | successes .. seen    | health thread       | health thread            |
+ *   | key, hnext           | gw_health_entry_for, under the registry lock   |
+ */
+typedef struct gw_health_entry {
+  atomic_bool down; /* held out by active checks */
+  _Atomic uint64_t probes_ok, probes_failed;
+  int successes, failures; /* consecutive probe results */
+  int64_t next_due;        /* ms (monotonic) of the next probe; 0: at once */
+  bool probing;            /* a probe is in flight */
+  uint64_t seen;           /* the last probe list that named this entry */
+  struct gw_health_entry *hnext;
+  char key[GW_TKEY_LEN];
+} gw_health_entry_t;
 
 typedef struct gw_target {
   char id[GW_ID_LEN + 1];
@@ -43,7 +74,18 @@ typedef struct gw_target {
   struct sockaddr_storage addr;
   socklen_t addrlen;
   bool resolved;
+  /* passive health, copied from the route so that a failure needs only the
+   * target: passive_failures consecutive failures (0: never) take the target
+   * out for passive_cooldown_ms, per worker */
+  int passive_failures, passive_cooldown_ms;
+  gw_health_entry_t *health; /* the registry entry; NULL: no active checks */
 } gw_target_t;
+
+/* True when active health checks hold t out of the rotation (workers: one
+ * relaxed load; a change seen a little late costs a request, no more). */
+static inline bool gw_target_down(const gw_target_t *t) {
+  return t->health && atomic_load_explicit(&t->health->down, memory_order_relaxed);
+}
 
 typedef struct gw_route {
   char api_id[GW_ID_LEN + 1];
@@ -56,6 +98,10 @@ typedef struct gw_route {
   bool strip_prefix;
   int connect_ms, read_ms, write_ms, retries;
   int64_t max_body;
+  /* active health checks (NULL path: off) and passive health */
+  char *hc_path;
+  int hc_interval_ms, hc_timeout_ms, healthy_threshold, unhealthy_threshold;
+  int passive_failures, passive_cooldown_ms;
   gw_target_t *targets;
   int ntargets;
   int total_weight;
@@ -133,6 +179,43 @@ void gw_workers_stop(gw_server_t *srv, int64_t drain_ms);
 void gw_stats_sum(gw_server_t *srv, gw_stats_t *out);
 /* Lowest snapshot generation any worker still holds. */
 uint64_t gw_workers_min_gen(gw_server_t *srv);
+
+/* active health checks (health.c) */
+
+/*
+ * The registry entry for target t (keyed as above), created when it is
+ * new. Any thread (snapshot loads); takes the registry lock. NULL when
+ * out of memory. The entry lives as long as the process.
+ */
+gw_health_entry_t *gw_health_entry_for(const gw_target_t *t);
+
+/*
+ * Hand the health thread the probes of `snap` (borrowed: read here, never
+ * kept): one per target of every route with a healthcheck_path. Called by
+ * whoever publishes the snapshot, while it is certainly alive; may be
+ * called before gw_health_start (the thread then starts with it). 0, or -1
+ * when out of memory (the health thread keeps its previous list).
+ */
+int gw_health_publish(const gw_snapshot_t *snap);
+
+/* Start / stop the health thread (probes use srv->tls_client for https). */
+int gw_health_start(gw_server_t *srv, char *err, size_t errlen);
+void gw_health_stop(void);
+
+/*
+ * Prometheus lines for the targets being probed (tollgate_upstream_target_up
+ * and tollgate_upstream_health_checks_total), written into out (cap bytes,
+ * whole lines only). Returns the bytes written. Status thread.
+ */
+size_t gw_health_metrics(char *out, size_t cap);
+
+/*
+ * The final status code of the HTTP/1.x response at the start of buf
+ * (RFC 9112 4: "HTTP/1.x SSS ..."), skipping interim 1xx heads: > 0 the
+ * status, 0 when more bytes are needed, -1 when it is not an HTTP/1.x
+ * response (or a 101, which a GET without Upgrade must not get).
+ */
+int gw_health_parse_status(const char *buf, size_t len);
 
 /* status endpoint (status.c) */
 int gw_status_start(gw_server_t *srv, const struct sockaddr *addr, socklen_t len, char *err,

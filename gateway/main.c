@@ -1,7 +1,8 @@
 /*
  * main.c - tollgate-gateway: configuration, the config thread that keeps
- * the routing snapshot current, the workers, the status endpoint, and a
- * graceful stop.
+ * the routing snapshot current (and hands the health thread its targets),
+ * the workers, the status endpoint, active health checks, and a graceful
+ * stop.
  *
  *   tollgate-gateway [--config FILE] [--KEY VALUE ...]
  *   tollgate-gateway --help | --version | --check-config
@@ -71,6 +72,10 @@ static int reload(uint64_t gen) {
     }
     retired[nretired++] = old;
   }
+  /* the health thread gets its copy now, while snap is surely alive */
+  if (gw_health_publish(snap) != 0)
+    tg_log(TG_LOG_ERROR, "health checks keep their previous targets", "error", "out of memory",
+           NULL);
   char g[24], n[16];
   snprintf(g, sizeof(g), "%llu", (unsigned long long)gen);
   snprintf(n, sizeof(n), "%d", snap->nroutes);
@@ -248,6 +253,10 @@ int main(int argc, char **argv) {
     fail("status_listen", err);
     goto out;
   }
+  if (gw_health_start(&srv, err, sizeof(err)) != 0) {
+    fail(NULL, err);
+    goto out;
+  }
   if (pthread_create(&config_thread, NULL, config_main, NULL) != 0) {
     fail(NULL, "cannot start the config thread");
     goto out;
@@ -283,6 +292,7 @@ int main(int argc, char **argv) {
   gw_workers_stop(&srv, tg_config_int(cfg, "drain_timeout"));
   atomic_store(&config_stop, true);
   pthread_join(config_thread, NULL);
+  gw_health_stop();
   gw_status_stop();
   tg_log(TG_LOG_INFO, "stopped", NULL);
   rc = EXIT_SUCCESS;

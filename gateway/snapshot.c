@@ -5,7 +5,9 @@
  * A snapshot is built whole and never changed after publication; routes
  * are sorted so that the first match is the most specific: longest path
  * prefix first, then routes bound to hosts before host-less ones. Upstream
- * host names are resolved here, off the request path.
+ * host names are resolved here, off the request path. Targets of APIs with
+ * active health checks get their health registry entry here too, so
+ * workers read their health without a lookup.
  */
 #include <netdb.h>
 #include <stdio.h>
@@ -20,6 +22,7 @@ static void route_free(gw_route_t *r) {
     free(r->hosts[i]);
   free(r->hosts);
   free(r->prefix);
+  free(r->hc_path);
   free(r->targets);
 }
 
@@ -143,6 +146,13 @@ static int load_targets(tg_store_t *store, gw_route_t *r, char *err, size_t errl
       t->weight = (int)json_integer_value(json_object_get(row, "weight"));
       if (t->weight <= 0 || parse_target(str(row, "url"), t) != 0)
         continue; /* weight 0 = drained; a bad URL cannot pass the model */
+      t->passive_failures = r->passive_failures;
+      t->passive_cooldown_ms = r->passive_cooldown_ms;
+      if (r->hc_path && !(t->health = gw_health_entry_for(t))) {
+        json_decref(rows);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+      }
       resolve(t);
       r->total_weight += t->weight;
       r->ntargets++;
@@ -188,6 +198,15 @@ static int route_from_row(tg_store_t *store, const json_t *row, gw_route_t *r, c
   r->write_ms = (int)json_integer_value(json_object_get(row, "write_timeout_ms"));
   r->retries = (int)json_integer_value(json_object_get(row, "retries"));
   r->max_body = json_integer_value(json_object_get(row, "max_body_bytes"));
+  const char *hc = json_string_value(json_object_get(row, "healthcheck_path"));
+  if (hc && !(r->hc_path = strdup(hc)))
+    goto oom;
+  r->hc_interval_ms = (int)json_integer_value(json_object_get(row, "healthcheck_interval_ms"));
+  r->hc_timeout_ms = (int)json_integer_value(json_object_get(row, "healthcheck_timeout_ms"));
+  r->healthy_threshold = (int)json_integer_value(json_object_get(row, "healthy_threshold"));
+  r->unhealthy_threshold = (int)json_integer_value(json_object_get(row, "unhealthy_threshold"));
+  r->passive_failures = (int)json_integer_value(json_object_get(row, "passive_failures"));
+  r->passive_cooldown_ms = (int)json_integer_value(json_object_get(row, "passive_cooldown_ms"));
   return load_targets(store, r, err, errlen);
 oom:
   snprintf(err, errlen, "out of memory");

@@ -76,7 +76,7 @@ static size_t render_metrics(gw_server_t *srv, char *out, size_t cap) {
       "# HELP tollgate_routes APIs routed.\n# TYPE tollgate_routes gauge\ntollgate_routes %d\n",
       (unsigned long long)(snap ? snap->gen : 0), snap ? snap->nroutes : 0);
 #undef OUT
-  return n;
+  return n + gw_health_metrics(out + n, cap - n);
 }
 
 static void reply(int fd, int status, const char *type, const char *body, size_t len) {
@@ -116,7 +116,7 @@ static void serve_one(int fd) {
                      (unsigned long long)(snap ? snap->gen : 0));
     reply(fd, ready ? 200 : 503, "application/json", body, (size_t)n);
   } else if (strncmp(req, "GET /metrics ", 13) == 0) {
-    static char body[64 * 1024];
+    static char body[1024 * 1024]; /* per-target health lines included */
     size_t n = render_metrics(status_srv, body, sizeof(body));
     reply(fd, 200, "text/plain; version=0.0.4; charset=utf-8", body, n);
   } else {

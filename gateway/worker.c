@@ -408,7 +408,8 @@ static const gw_target_t *pick_target(gw_worker_t *w, const gw_route_t *r,
   for (int i = 0; i < r->ntargets; i++) {
     const gw_target_t *t = &r->targets[i];
     gw_tstate_t *ts = tstate(w, t);
-    if (!ts || !t->resolved || ts->down_until > now || (t == avoid && r->ntargets > 1))
+    if (!ts || !t->resolved || ts->down_until > now || gw_target_down(t) ||
+        (t == avoid && r->ntargets > 1))
       continue;
     ts->current_weight += t->weight;
     total += t->weight;
@@ -426,9 +427,10 @@ static void target_failed(gw_worker_t *w, const gw_target_t *t) {
   gw_tstate_t *ts = tstate(w, t);
   if (!ts)
     return;
-  /* 3 consecutive failures take a target out for 10 s (passive health) */
-  if (++ts->failures >= 3) {
-    ts->down_until = now_ms() + 10000;
+  /* passive health: the API's passive_failures consecutive failures (0:
+   * off) take a target out for its passive_cooldown_ms */
+  if (t->passive_failures > 0 && ++ts->failures >= t->passive_failures) {
+    ts->down_until = now_ms() + t->passive_cooldown_ms;
     ts->failures = 0;
   }
   atomic_fetch_add_explicit(&w->stats.upstream_errors, 1, memory_order_relaxed);

@@ -776,7 +776,8 @@ def test_apis_patch_merge(c):
 def test_apis_put(c):
     srv, api = c.boot()
     body = {"name": "Pets", "description": "all the pets", "retries": 5, "hosts": ["a.example"],
-            "key_query_param": "k", "openapi": OPENAPI_DOC, "portal_visible": False}
+            "key_query_param": "k", "openapi": OPENAPI_DOC, "portal_visible": False,
+            "healthcheck_path": "/hc", "healthy_threshold": 7, "passive_failures": 0}
     r = api.put("/apis/pets", body)
     a = created(r, "PUT /apis/pets (create)", "api")
     eq(r.header("Location"), "/apis/%s" % a["id"], "PUT create Location", r)
@@ -792,9 +793,17 @@ def test_apis_put(c):
     defaults = {"description": "", "hosts": [], "methods": [], "strip_prefix": False,
                 "connect_timeout_ms": 5000, "read_timeout_ms": 60000, "write_timeout_ms": 60000,
                 "retries": 1, "auth_mode": "key", "key_query_param": None,
-                "max_body_bytes": 10485760, "portal_visible": True, "openapi": None}
+                "max_body_bytes": 10485760, "portal_visible": True, "openapi": None,
+                "healthcheck_path": None, "healthcheck_interval_ms": 5000,
+                "healthcheck_timeout_ms": 2000, "healthy_threshold": 2, "unhealthy_threshold": 3,
+                "passive_failures": 3, "passive_cooldown_ms": 10000}
     for k, v in defaults.items():
         eq(j.get(k), v, "PUT replace resets omitted %s to its default" % k, r)
+    # routes.c's defaults are the store's: a new API has the same members
+    fresh = mk_api(api, "fresh")
+    for k in fresh:
+        if k not in ("id", "slug", "name", "path_prefix", "version", "created_at", "updated_at"):
+            eq(j.get(k), fresh[k], "PUT replace default of %s equals a new API's" % k, r)
     eq(api.get("/apis/pets").json, j, "GET after replace")
 
     # body slug must match the path

@@ -477,9 +477,9 @@ class Daemon:
 
 
 class Upstream(Daemon):
-    def __init__(self, cwd, name):
+    def __init__(self, cwd, name, port=0):
         self.log = os.path.join(cwd, "%s.log" % name)
-        super().__init__(name, [UPSTREAM, "--listen", "127.0.0.1:0", "--log", self.log,
+        super().__init__(name, [UPSTREAM, "--listen", "127.0.0.1:%d" % port, "--log", self.log,
                                 "--name", name], cwd,
                          {"port": re.compile(r"^listening on 127\.0\.0\.1:(\d+)$")},
                          stream="stdout")
@@ -665,6 +665,7 @@ class World:
             conn.request(method, path, body=data, headers=hdrs)
             r = conn.getresponse()
             payload = r.read()
+            self.admin_ctype = r.getheader("Content-Type")
         finally:
             conn.close()
         j = None
@@ -691,8 +692,9 @@ class World:
         return self.apis[slug]
 
     # -- processes
-    def upstream(self, name):
-        u = Upstream(self.dir, name)
+    def upstream(self, name, port=0):
+        """A test upstream; port 0: any free port (a stopped one restarts on its old port)."""
+        u = Upstream(self.dir, name, port)
         self.daemons.append(u)
         self.ups[name] = u
         return u
@@ -2191,6 +2193,221 @@ def test_weights(w):
 
 
 # =================================================================================
+# Group "health": active health checks, per-API passive health, the settings
+# =================================================================================
+
+# probes every 100 ms, two results decide: a change takes about 0.2 s; every
+# wait for one is bounded by HEALTH_WITHIN, and nothing asserts on speed
+HC_FAST = {"healthcheck_path": "/status/200", "healthcheck_interval_ms": 100,
+           "healthcheck_timeout_ms": 1000, "healthy_threshold": 2, "unhealthy_threshold": 2}
+HEALTH_WITHIN = 10.0
+ANSWER_500 = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+              b"Connection: close\r\n\r\n")
+
+
+def setup_health(w):
+    w.boot_admin()
+    ha, hb, hc = w.upstream("ha"), w.upstream("hb"), w.upstream("hc")
+    # answers 500 to the health path (/status/...) and 200 to /echo
+    w.sick = w.origin({"status": ANSWER_500,
+                       "echo": b"HTTP/1.1 200 OK\r\nX-Upstream-Name: sick\r\n"
+                               b"Content-Length: 2\r\nConnection: close\r\n\r\nok"})
+    w.dead_sock, w.dead = dead_port()
+    dead_url = "http://127.0.0.1:%d" % w.dead
+    # passive health off and no retries: only the active checks take ha out
+    w.add_api("active", "/active", [(ha.url + "/base", 100), (hb.url + "/base", 100)],
+              passive_failures=0, retries=0, **HC_FAST)
+    w.add_api("sick", "/sick", [(w.sick.url, 100), (hc.url, 100)], **HC_FAST)
+    w.add_api("alldown", "/alldown", [(w.sick.url + "/x", 100), (w.sick.url + "/y", 100)],
+              **HC_FAST)
+    w.add_api("nopassive", "/nopassive", [(dead_url, 100), (hc.url, 100)], retries=1,
+              passive_failures=0)
+    w.add_api("onefail", "/onefail", [(dead_url, 100), (hc.url, 100)], retries=1,
+              passive_failures=1, passive_cooldown_ms=3600000)
+    w.start_gateway("--gateway-workers", "2")
+
+
+def target_id(w, slug, i):
+    return w.apis[slug]["targets"][i]["id"]
+
+
+def target_up(w, slug, i):
+    """tollgate_upstream_target_up of the i-th target of slug (None: no series)."""
+    return w.metrics().get('tollgate_upstream_target_up{api="%s",target="%s"}'
+                           % (slug, target_id(w, slug, i)))
+
+
+def wait_target_up(w, slug, i, want, what):
+    got, took = until(lambda: target_up(w, slug, i) == want, HEALTH_WITHIN, step=0.05)
+    check(got, "%s: tollgate_upstream_target_up of %s target %d is %r after %.1fs, expected %r"
+          "\n  %s" % (what, slug, i, target_up(w, slug, i), took, want, w.gw.log_text(1500)))
+
+
+def names_of(w, path, n):
+    """(status, X-Upstream-Name) of n requests, each on a new connection."""
+    out = []
+    for _ in range(n):
+        r = call(w.port, "GET", path)
+        out.append((r.status, r.header("X-Upstream-Name")))
+    return out
+
+
+def test_health_probe_request(w):
+    """The probe: GET <base path><healthcheck_path> with the target's Host, our
+    User-Agent and Connection: close."""
+    ha = w.ups["ha"]
+    recs, _ = until(lambda: ha.with_target("/base/status/200"), HEALTH_WITHIN)
+    check(recs, "no health probe reached ha within %.0fs: %r" % (HEALTH_WITHIN, ha.records()[-3:]))
+    rec = recs[0]
+    eq((rec.get("method"), rec.get("target"), rec.get("version")),
+       ("GET", "/base/status/200", "HTTP/1.1"), "probe request line", rec)
+    eq(rec_headers(rec, "Host"), ["127.0.0.1:%d" % ha.port], "probe Host", rec)
+    eq(rec_headers(rec, "User-Agent"), ["tollgate-healthcheck"], "probe User-Agent", rec)
+    eq(rec_headers(rec, "Connection"), ["close"], "probe Connection", rec)
+    eq(rec.get("body_len"), 0, "probe has no body", rec)
+
+
+def test_health_metrics(w):
+    st, _, body = w.status_get("/metrics")
+    text = body.decode()
+    for name, kind in (("tollgate_upstream_target_up", "gauge"),
+                       ("tollgate_upstream_health_checks_total", "counter")):
+        check("# TYPE %s %s" % (name, kind) in text, "# TYPE line for %s" % name, text[-3000:])
+        check("# HELP %s " % name in text, "# HELP line for %s" % name)
+    wait_target_up(w, "active", 0, 1, "ha at start")
+    wait_target_up(w, "active", 1, 1, "hb at start")
+    key = ('tollgate_upstream_health_checks_total{api="active",target="%s",result="healthy"}'
+           % target_id(w, "active", 0))
+    got, _ = until(lambda: w.metrics().get(key, 0) >= 2, HEALTH_WITHIN)
+    check(got, "healthy probes of ha are not counted: %r" % w.metrics().get(key))
+    eq(target_up(w, "nopassive", 1), None, "no series for a target without active checks")
+
+
+def test_health_stopped_target_taken_out(w):
+    """Both targets serve; ha stops; active checks take it out and every
+    request goes to hb (passive health is off for this API)."""
+    wait_target_up(w, "active", 0, 1, "ha before the stop")
+    got = names_of(w, "/active/echo", 10)
+    eq(sorted(set(got)), [(200, "ha"), (200, "hb")], "both targets serve while healthy")
+    w.ha_port = w.ups["ha"].port
+    w.ups["ha"].stop()
+    wait_target_up(w, "active", 0, 0, "ha after it stopped")
+    wait_target_up(w, "active", 1, 1, "hb while ha is stopped")
+    got = names_of(w, "/active/echo", 20)
+    eq(got, [(200, "hb")] * 20, "every request goes to hb once ha is out")
+
+
+def test_health_restarted_target_back(w):
+    """ha restarts on its port: healthy_threshold good probes bring it back."""
+    check(getattr(w, "ha_port", None), "test_health_stopped_target_taken_out did not run")
+    w.upstream("ha", port=w.ha_port)
+    wait_target_up(w, "active", 0, 1, "ha after it restarted")
+    got = names_of(w, "/active/echo", 20)
+    eq(sorted(set(got)), [(200, "ha"), (200, "hb")], "both targets serve again")
+
+
+def test_health_500_taken_out(w):
+    """A target answering 500 on the health path is taken out, though it
+    accepts connections and would serve /echo."""
+    wait_target_up(w, "sick", 0, 0, "the target answering 500")
+    wait_target_up(w, "sick", 1, 1, "the healthy target")
+    check("/status/200" in w.sick.targets, "the sick origin got no probe: %r" % w.sick.targets[:5])
+    key = ('tollgate_upstream_health_checks_total{api="sick",target="%s",result="unhealthy"}'
+           % target_id(w, "sick", 0))
+    check(w.metrics().get(key, 0) >= 2, "unhealthy probes counted: %r" % w.metrics().get(key))
+    got = names_of(w, "/sick/echo", 20)
+    eq(got, [(200, "hc")] * 20, "every request goes to the healthy target")
+
+
+def test_health_all_down_503(w):
+    wait_target_up(w, "alldown", 0, 0, "first target of alldown")
+    wait_target_up(w, "alldown", 1, 0, "second target of alldown")
+    n0 = len(w.sick.targets)
+    r = call(w.port, "GET", "/alldown/echo")
+    problem(r, 503, "every target held out by active checks", "no-healthy-upstream")
+    reached = [t for t in w.sick.targets[n0:] if "/alldown/" in t]
+    eq(reached, [], "requests that reached a target held out")
+
+
+def test_passive_failures_0_is_off(w):
+    """passive_failures 0: the dead target is never taken out, so about every
+    other request fails over to the live one (with the default of 3 at most 3
+    connects per worker would fail)."""
+    e0 = errors_total(w)
+    got = names_of(w, "/nopassive/echo", 30)
+    eq(got, [(200, "hc")] * 30, "every request is served (retried on the live target)")
+    time.sleep(0.05)
+    errors = errors_total(w) - e0
+    check(errors >= 10, "only %d failed connects to the dead target in 30 requests: passive "
+          "health took it out though passive_failures is 0" % errors)
+
+
+def test_passive_failures_per_api(w):
+    """passive_failures 1, a one-hour cool-down: one failure per worker takes
+    the dead target out."""
+    e0 = errors_total(w)
+    got = names_of(w, "/onefail/echo", 30)
+    eq(got, [(200, "hc")] * 30, "every request is served")
+    time.sleep(0.05)
+    errors = errors_total(w) - e0
+    check(1 <= errors <= 2, "%d failed connects in 30 requests (expected one per worker, 2 "
+          "workers)" % errors)
+
+
+def test_health_settings_validate(w):
+    bad = {"healthcheck_path": "health", "healthcheck_interval_ms": 0,
+           "healthcheck_timeout_ms": 5, "healthy_threshold": 0, "unhealthy_threshold": 101,
+           "passive_failures": -1, "passive_cooldown_ms": 99}
+    st, j = w.admin("POST", "/apis", dict({"slug": "badhc", "name": "x"}, **bad), expect=(422,))
+    eq(w.admin_ctype.split(";")[0], "application/problem+json", "422 Content-Type")
+    got = {e.get("pointer") for e in (j or {}).get("errors", [])}
+    eq(sorted(got), sorted("/" + k for k in bad), "every bad health field is named", j)
+    for field, value in (("healthcheck_path", "/a b"), ("healthcheck_path", "/a#frag"),
+                         ("healthcheck_path", ""), ("healthcheck_interval_ms", "100"),
+                         ("healthcheck_interval_ms", 3600001), ("passive_failures", 1.5)):
+        st, j = w.admin("POST", "/apis", {"slug": "badhc", "name": "x", field: value},
+                        expect=(422,))
+        eq([e.get("pointer") for e in j.get("errors", [])], ["/" + field],
+           "POST with %s=%r" % (field, value), j)
+    # a bad PATCH changes nothing
+    _, before = w.admin("GET", "/apis/active")
+    st, j = w.admin("PATCH", "/apis/active", {"healthcheck_interval_ms": 0,
+                                               "healthcheck_path": "no-slash"}, expect=(422,))
+    eq(sorted(e.get("pointer") for e in j.get("errors", [])),
+       ["/healthcheck_interval_ms", "/healthcheck_path"], "PATCH errors", j)
+    eq(w.admin("GET", "/apis/active")[1], before, "api after a refused PATCH")
+    eq(w.admin("GET", "/apis/badhc", expect=(404,))[0], 404, "no API was created")
+
+
+def test_health_settings_roundtrip(w):
+    """PATCH sets the fields, GET and the /config export show them, an import
+    changes them, and null turns active checks off again."""
+    w.add_api("rt", "/rt", [])
+    want = {"healthcheck_path": "/ping?deep=1", "healthcheck_interval_ms": 250,
+            "healthcheck_timeout_ms": 50, "healthy_threshold": 4, "unhealthy_threshold": 5,
+            "passive_failures": 0, "passive_cooldown_ms": 2500}
+    _, j = w.admin("PATCH", "/apis/rt", want)
+    eq({k: j.get(k) for k in want}, want, "PATCH response")
+    eq({k: w.admin("GET", "/apis/rt")[1].get(k) for k in want}, want, "GET after PATCH")
+    _, doc = w.admin("GET", "/config")
+    rt = [a for a in doc["apis"] if a["slug"] == "rt"]
+    eq(len(rt), 1, "rt in the export")
+    eq({k: rt[0].get(k) for k in want}, want, "exported health fields")
+    rt[0]["healthcheck_path"] = "/other"
+    rt[0]["passive_failures"] = 9
+    _, diff = w.admin("POST", "/config", doc)
+    eq([(x.get("entity"), x.get("key"), x.get("fields")) for x in diff.get("updated", [])],
+       [("api", "rt", ["healthcheck_path", "passive_failures"])], "import diff", diff)
+    got = w.admin("GET", "/apis/rt")[1]
+    eq((got["healthcheck_path"], got["passive_failures"], got["healthy_threshold"]),
+       ("/other", 9, 4), "GET after the import")
+    _, doc2 = w.admin("GET", "/config")
+    eq(doc2, doc, "export after the import equals the imported document")
+    _, j = w.admin("PATCH", "/apis/rt", {"healthcheck_path": None})
+    eq(j.get("healthcheck_path"), None, "PATCH healthcheck_path null")
+
+
+# =================================================================================
 # Group "stop": graceful stop
 # =================================================================================
 
@@ -2316,6 +2533,12 @@ UPSTREAM_TESTS = ([test_upstream_down_502, test_upstream_read_timeout_504,
                   [test_upstream_cut_body, test_retry_dead_target, test_passive_health_exact,
                    test_retry_rules, test_weights])
 
+HEALTH_TESTS = [test_health_probe_request, test_health_metrics,
+                test_health_stopped_target_taken_out, test_health_restarted_target_back,
+                test_health_500_taken_out, test_health_all_down_503, test_passive_failures_0_is_off,
+                test_passive_failures_per_api, test_health_settings_validate,
+                test_health_settings_roundtrip]
+
 STOP_TESTS = [test_graceful_inflight_completes, test_graceful_inflight_announces_close,
               test_graceful_new_connections_refused, test_graceful_health_unavailable,
               test_graceful_idle_keepalive_closed, test_graceful_exit]
@@ -2324,6 +2547,7 @@ GROUPS = [
     ("proxy", setup_proxy, PROXY_TESTS, None),
     ("strict", setup_strict, STRICT_TESTS, None),
     ("upstream", setup_upstream, UPSTREAM_TESTS, None),
+    ("health", setup_health, HEALTH_TESTS, None),
     ("stop", setup_stop, STOP_TESTS, teardown_stop),
 ]
 

@@ -39,8 +39,10 @@ def make_cert(d, name, san):
 
 class Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
+    seen = []  # (path, headers) of every request, health probes included
 
     def do_GET(self):
+        Echo.seen.append((self.path, dict(self.headers)))
         body = json.dumps({'path': self.path, 'headers': dict(self.headers)}).encode()
         self.send_response(200)
         self.send_header('Content-Type', 'application/json')
@@ -101,6 +103,7 @@ class Box:
             m = re.search(r' port=(\d+).*tls_port=(\d+)', text)
             if m:
                 self.port, self.tls_port = int(m.group(1)), int(m.group(2))
+                self.status_port = int(re.search(r'status_port=(\d+)', text).group(1))
                 return
             if self.proc.poll() is not None:
                 break
@@ -115,6 +118,16 @@ class Box:
             assert rc == 0, 'gateway exit code %r' % rc
         self.httpd.shutdown()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def get(self, port, path='/sec/x'):
+        """A plain HTTP GET to 127.0.0.1:port: (response, body)."""
+        c = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
+        try:
+            c.request('GET', path)
+            r = c.getresponse()
+            return r, r.read()
+        finally:
+            c.close()
 
     def tls_get(self, sni, cafile, path='/sec/x', **ctxopts):
         ctx = ssl.create_default_context(cafile=cafile)
@@ -161,10 +174,8 @@ def test_forwarded_proto_and_https_upstream():
         assert echo['path'] == '/base/hello?q=1', echo
         assert echo['headers'].get('X-Forwarded-Proto') == 'https', echo['headers']
         # plain HTTP listener still works, and says http
-        c = http.client.HTTPConnection('127.0.0.1', b.port, timeout=10)
-        c.request('GET', '/sec/x')
-        r = c.getresponse()
-        echo = json.loads(r.read())
+        r, body = b.get(b.port)
+        echo = json.loads(body)
         assert r.status == 200 and echo['headers']['X-Forwarded-Proto'] == 'http', echo
     finally:
         b.close()
@@ -174,13 +185,60 @@ def test_untrusted_upstream_certificate_is_502():
     b = Box()
     try:
         b.start()  # system CA store: the self-signed upstream is not trusted
-        c = http.client.HTTPConnection('127.0.0.1', b.port, timeout=10)
-        c.request('GET', '/sec/x')
-        r = c.getresponse()
-        body = r.read()
+        r, body = b.get(b.port)
         assert r.status == 502, (r.status, body)
         assert r.getheader('Content-Type') == 'application/problem+json', r.getheaders()
         assert b'TLS' in body, body
+    finally:
+        b.close()
+
+
+TARGET_UP = 'tollgate_upstream_target_up{api="sec",target="tgt_01TTEST%s"}' % ('0' * 19)
+
+
+def health_checked_box():
+    """A Box whose API probes its HTTPS target every 100 ms, one result deciding."""
+    b = Box()
+    con = sqlite3.connect(b.db)
+    con.execute("UPDATE apis SET healthcheck_path = '/hc', healthcheck_interval_ms = 100, "
+                "healthy_threshold = 1, unhealthy_threshold = 1")
+    con.commit()
+    con.close()
+    return b
+
+
+def wait_for_metric(b, line, within=10.0):
+    deadline = time.time() + within
+    text = ''
+    while time.time() < deadline:
+        text = b.get(b.status_port, '/metrics')[1].decode()
+        if line + '\n' in text:
+            return
+        time.sleep(0.05)
+    raise AssertionError('no line %r in /metrics within %.0fs:\n%s' % (line, within, text[-1500:]))
+
+
+def test_https_health_checks_verify_the_upstream():
+    b = health_checked_box()
+    try:
+        b.start('--gateway-upstream-ca', b.up[0])
+        wait_for_metric(b, 'tollgate_upstream_health_checks_total{api="sec",target="tgt_01TTEST%s"'
+                        ',result="healthy"} 1' % ('0' * 19))
+        wait_for_metric(b, TARGET_UP + ' 1')
+        probes = [h for p, h in Echo.seen if p == '/base/hc']
+        assert probes, Echo.seen[-3:]
+        assert probes[0].get('User-Agent') == 'tollgate-healthcheck', probes[0]
+        assert probes[0].get('Host') == '127.0.0.1:%d' % b.up_port, probes[0]
+    finally:
+        b.close()
+    # without the upstream's CA the probes fail verification, as requests would
+    b = health_checked_box()
+    try:
+        b.start()
+        wait_for_metric(b, TARGET_UP + ' 0')
+        r, body = b.get(b.port)
+        assert r.status == 503, (r.status, body)
+        assert r.getheader('Content-Type') == 'application/problem+json', r.getheaders()
     finally:
         b.close()
 

@@ -377,6 +377,13 @@ TG_TEST(export_is_deterministic_and_server_free) {
                           "max_body_bytes",
                           "portal_visible",
                           "openapi",
+                          "healthcheck_path",
+                          "healthcheck_interval_ms",
+                          "healthcheck_timeout_ms",
+                          "healthy_threshold",
+                          "unhealthy_threshold",
+                          "passive_failures",
+                          "passive_cooldown_ms",
                           "targets",
                           "plans"};
   int i = 0;
