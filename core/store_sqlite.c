@@ -86,7 +86,7 @@ static void stmt_release(sql_store_t *st, sqlite3_stmt *stmt) {
       st->cache[i].busy = 0;
       return;
     }
-  stmt_release(st, stmt);
+  sqlite3_finalize(stmt);
 }
 
 /* ---- a bounded SQL text builder ------------------------------------------ */
