@@ -43,7 +43,13 @@ typedef struct tg_store_vtab {
   int (*idem_put)(tg_store_t *s, const unsigned char id[32], const tg_idem_record_t *rec,
                   int64_t now, int64_t expires_at, tg_problem_t *p);
   int (*idem_purge)(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p);
+  /* cols: 1..TG_SCAN_COLS_MAX fields of d; only_id NULL or a valid id of d. */
+  int (*scan)(tg_store_t *s, const tg_entity_desc_t *d, const char *only_id,
+              const tg_field_t *const *cols, int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p);
 } tg_store_vtab_t;
+
+/* tg_store_scan's column limit. */
+#define TG_SCAN_COLS_MAX 16
 
 /* Every backend's store struct starts with this. */
 struct tg_store {

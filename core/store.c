@@ -3,7 +3,8 @@
  * model validation, then dispatch to the backend's vtable (store-int.h).
  *
  * Invariant: no backend function is called with an unvalidated write, a
- * malformed id, a non-filterable filter field or an out-of-range limit.
+ * malformed id, a non-filterable filter field, an out-of-range limit or an
+ * unknown scan column.
  */
 #include "core/store.h"
 
@@ -221,6 +222,33 @@ int tg_store_idem_put(tg_store_t *s, const unsigned char id[32], const tg_idem_r
 
 int tg_store_idem_purge(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p) {
   return s->vt->idem_purge(s, now, deleted, p);
+}
+
+int tg_store_scan(tg_store_t *s, tg_entity_t ent, const char *only_id, const char *const *cols,
+                  int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  const tg_field_t *fields[TG_SCAN_COLS_MAX];
+  if (!d)
+    return tg_problem_set(p, TG_EINVAL, "entity", "no entity %d", (int)ent);
+  if (!cols || ncols < 1 || ncols > TG_SCAN_COLS_MAX)
+    return tg_problem_set(p, TG_EINVAL, "cols", "give 1 to %d columns", TG_SCAN_COLS_MAX);
+  for (int i = 0; i < ncols; i++) {
+    const tg_field_t *f = cols[i] ? tg_model_field(d, cols[i]) : NULL;
+    if (!f)
+      return tg_problem_set(p, TG_EINVAL, "cols", "a %s has no column \"%.64s\"", d->name,
+                            cols[i] ? cols[i] : "(null)");
+    /* Digests are what the gateway matches keys against; other secrets
+     * (password hashes) leave the store only through tg_store_get_secret. */
+    if ((f->flags & TG_F_SECRET) && f->type != TG_FT_DIGEST)
+      return tg_problem_set(p, TG_EINVAL, "cols", "%s is a secret of a %s", f->name, d->name);
+    fields[i] = f;
+  }
+  if (only_id && !tg_model_id_valid(only_id, d->id_prefix))
+    return tg_problem_set(p, TG_EINVAL, "only_id", "\"%.40s\" is not the id of a %s", only_id,
+                          d->name);
+  if (!cb)
+    return tg_problem_set(p, TG_EINVAL, "cb", "no callback");
+  return s->vt->scan(s, d, only_id, fields, ncols, cb, ctx, p);
 }
 
 const char *tg_store_backend(tg_store_t *s) {

@@ -188,6 +188,35 @@ int tg_store_idem_put(tg_store_t *s, const unsigned char id[32], const tg_idem_r
 /* Delete records expired at `now`; *deleted (may be NULL) counts them. */
 int tg_store_idem_purge(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p);
 
+/* ---- the gateway's policy view -------------------------------------------
+ * The gateway keeps every key, app, developer, subscription and plan in
+ * memory (1,000,000 keys load in well under 3 s), so it reads them as flat
+ * column values, not JSON objects. */
+
+typedef enum tg_value_type { TG_V_NULL, TG_V_INT, TG_V_TEXT, TG_V_BLOB } tg_value_type_t;
+
+typedef struct tg_value {
+  tg_value_type_t type;
+  int64_t i;     /* TG_V_INT */
+  const char *s; /* TG_V_TEXT: NUL-terminated; TG_V_BLOB: bytes */
+  size_t len;    /* TEXT and BLOB */
+} tg_value_t;
+
+/* vals[0..ncols) are valid only during the call; non-zero stops the scan. */
+typedef int (*tg_scan_cb)(const tg_value_t *vals, int ncols, void *ctx);
+
+/*
+ * Call cb for every row of `ent` (or only the row with id `only_id`, when
+ * not NULL; none if it does not exist), in id order, with the named
+ * columns. Columns are model field names; TG_F_SECRET digests are allowed
+ * (the gateway needs them; they are not secrets themselves). At most 16
+ * columns. The whole scan is one read transaction (a consistent view).
+ * Bad arguments give TG_EINVAL naming "entity", "cols", "only_id" or "cb";
+ * a non-zero return from cb stops the scan and is returned.
+ */
+int tg_store_scan(tg_store_t *s, tg_entity_t ent, const char *only_id, const char *const *cols,
+                  int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p);
+
 /* Test and debug support: the backend's name ("sqlite") and, for SQLite,
  * the database file path. */
 const char *tg_store_backend(tg_store_t *s);

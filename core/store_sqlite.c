@@ -1039,6 +1039,79 @@ out:
   return result;
 }
 
+/* ---- the gateway's policy view ------------------------------------------- */
+
+/* Rows go straight from SQLite's row buffer to the callback: no JSON, no
+ * copies, one cached statement per column list. A single statement is one
+ * read transaction (its WAL snapshot lasts from the first step to the
+ * reset), so the whole scan is a consistent view without BEGIN; inside an
+ * explicit transaction it is that transaction's view. ORDER BY id walks
+ * the primary-key index, no sort. */
+static int s_scan(tg_store_t *s, const tg_entity_desc_t *d, const char *only_id,
+                  const tg_field_t *const *cols, int ncols, tg_scan_cb cb, void *ctx,
+                  tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  tg_value_t vals[TG_SCAN_COLS_MAX];
+  int result, rc;
+  sb_add(&b, "SELECT ");
+  for (int i = 0; i < ncols; i++) {
+    if (i)
+      sb_add(&b, ", ");
+    sb_add(&b, cols[i]->name);
+  }
+  sb_add(&b, " FROM ");
+  sb_add(&b, d->table);
+  sb_add(&b, only_id ? " WHERE id = ?" : " ORDER BY id");
+  if ((result = prepare(st, &b, &stmt, p)))
+    goto out;
+  if (only_id)
+    sqlite3_bind_text(stmt, 1, only_id, -1, SQLITE_STATIC);
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    for (int i = 0; i < ncols; i++) {
+      tg_value_t *v = &vals[i];
+      v->i = 0;
+      v->s = NULL;
+      v->len = 0;
+      switch (sqlite3_column_type(stmt, i)) {
+      case SQLITE_NULL: v->type = TG_V_NULL; break;
+      case SQLITE_INTEGER:
+        v->type = TG_V_INT;
+        v->i = sqlite3_column_int64(stmt, i);
+        break;
+      case SQLITE_TEXT:
+        v->type = TG_V_TEXT;
+        v->s = (const char *)sqlite3_column_text(stmt, i); /* text first, then its length */
+        v->len = (size_t)sqlite3_column_bytes(stmt, i);
+        if (!v->s) {
+          result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+          goto out;
+        }
+        break;
+      case SQLITE_BLOB:
+        v->type = TG_V_BLOB;
+        v->s = sqlite3_column_blob(stmt, i);
+        v->len = (size_t)sqlite3_column_bytes(stmt, i);
+        if (!v->s)
+          v->s = ""; /* a zero-length blob */
+        break;
+      default: /* REAL: no column of the schema holds one (STRICT tables) */
+        result =
+            tg_problem_set(p, TG_ESTORE, "", "scan: %s.%s holds a REAL", d->table, cols[i]->name);
+        goto out;
+      }
+    }
+    if ((result = cb(vals, ncols, ctx)))
+      goto out;
+  }
+  if (rc != SQLITE_DONE)
+    result = sql_error(st, "scan", p);
+out:
+  stmt_release(st, stmt);
+  return result;
+}
+
 static const tg_store_vtab_t sqlite_vtab = {
     .name = "sqlite",
     .close = s_close,
@@ -1062,4 +1135,5 @@ static const tg_store_vtab_t sqlite_vtab = {
     .idem_get = s_idem_get,
     .idem_put = s_idem_put,
     .idem_purge = s_idem_purge,
+    .scan = s_scan,
 };
