@@ -43,7 +43,20 @@ typedef struct tg_store_vtab {
   int (*idem_put)(tg_store_t *s, const unsigned char id[32], const tg_idem_record_t *rec,
                   int64_t now, int64_t expires_at, tg_problem_t *p);
   int (*idem_purge)(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p);
+  /* cols: 1..TG_SCAN_COLS_MAX fields of d; only_id NULL or a valid id of d. */
+  int (*scan)(tg_store_t *s, const tg_entity_desc_t *d, const char *only_id,
+              const tg_field_t *const *cols, int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p);
+  /* rows: n >= 1 rows that passed store.c's checks. */
+  int (*usage_add)(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p);
+  int (*usage_calls_since)(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
+                           tg_problem_t *p);
 } tg_store_vtab_t;
+
+/* tg_store_scan's column limit, and the longest ids and reasons a usage
+ * row may carry (the schema's CHECKs on usage_rollups). */
+#define TG_SCAN_COLS_MAX    16
+#define TG_USAGE_ID_MAX     64
+#define TG_USAGE_REASON_MAX 32
 
 /* Every backend's store struct starts with this. */
 struct tg_store {

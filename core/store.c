@@ -3,10 +3,13 @@
  * model validation, then dispatch to the backend's vtable (store-int.h).
  *
  * Invariant: no backend function is called with an unvalidated write, a
- * malformed id, a non-filterable filter field or an out-of-range limit.
+ * malformed id, a non-filterable filter field, an out-of-range limit, an
+ * unknown scan column or a usage row that breaks the ledger's CHECKs.
  */
 #include "core/store.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "core/migrate.h"
@@ -221,6 +224,127 @@ int tg_store_idem_put(tg_store_t *s, const unsigned char id[32], const tg_idem_r
 
 int tg_store_idem_purge(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p) {
   return s->vt->idem_purge(s, now, deleted, p);
+}
+
+int tg_store_scan(tg_store_t *s, tg_entity_t ent, const char *only_id, const char *const *cols,
+                  int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p) {
+  const tg_entity_desc_t *d = tg_model_entity(ent);
+  const tg_field_t *fields[TG_SCAN_COLS_MAX];
+  if (!d)
+    return tg_problem_set(p, TG_EINVAL, "entity", "no entity %d", (int)ent);
+  if (!cols || ncols < 1 || ncols > TG_SCAN_COLS_MAX)
+    return tg_problem_set(p, TG_EINVAL, "cols", "give 1 to %d columns", TG_SCAN_COLS_MAX);
+  for (int i = 0; i < ncols; i++) {
+    const tg_field_t *f = cols[i] ? tg_model_field(d, cols[i]) : NULL;
+    if (!f)
+      return tg_problem_set(p, TG_EINVAL, "cols", "a %s has no column \"%.64s\"", d->name,
+                            cols[i] ? cols[i] : "(null)");
+    /* Digests are what the gateway matches keys against; other secrets
+     * (password hashes) leave the store only through tg_store_get_secret. */
+    if ((f->flags & TG_F_SECRET) && f->type != TG_FT_DIGEST)
+      return tg_problem_set(p, TG_EINVAL, "cols", "%s is a secret of a %s", f->name, d->name);
+    fields[i] = f;
+  }
+  if (only_id && !tg_model_id_valid(only_id, d->id_prefix))
+    return tg_problem_set(p, TG_EINVAL, "only_id", "\"%.40s\" is not the id of a %s", only_id,
+                          d->name);
+  if (!cb)
+    return tg_problem_set(p, TG_EINVAL, "cb", "no callback");
+  return s->vt->scan(s, d, only_id, fields, ncols, cb, ctx, p);
+}
+
+/* A bad usage row: the field names the row and member ("rows[2].reason"). */
+static int usage_bad(tg_problem_t *p, size_t i, const char *member, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int usage_bad(tg_problem_t *p, size_t i, const char *member, const char *fmt, ...) {
+  char field[TG_PROBLEM_FIELD_MAX], detail[TG_PROBLEM_DETAIL_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(detail, sizeof(detail), fmt, ap);
+  va_end(ap);
+  snprintf(field, sizeof(field), "rows[%zu].%s", i, member);
+  return tg_problem_set(p, TG_EINVAL, field, "%s", detail);
+}
+
+/* One row against the ledger's rules (the CHECKs of usage_rollups), so that
+ * a bad row is refused before the transaction starts, and named. */
+static int check_usage_row(const tg_usage_row_t *r, size_t i, tg_problem_t *p) {
+  if (r->granularity != 60 && r->granularity != 3600 && r->granularity != 86400)
+    return usage_bad(p, i, "granularity", "must be 60, 3600 or 86400, not %lld",
+                     (long long)r->granularity);
+  if (r->period_start < 0 || r->period_start % r->granularity != 0)
+    return usage_bad(p, i, "period_start", "%lld is not the start of a %lld s period",
+                     (long long)r->period_start, (long long)r->granularity);
+  const struct {
+    const char *name, *v;
+    size_t max;
+  } texts[] = {
+      {"key_id", r->key_id, TG_USAGE_ID_MAX},
+      {"app_id", r->app_id, TG_USAGE_ID_MAX},
+      {"developer_id", r->developer_id, TG_USAGE_ID_MAX},
+      {"api_id", r->api_id, TG_USAGE_ID_MAX},
+      {"plan_id", r->plan_id, TG_USAGE_ID_MAX},
+      {"subscription_id", r->subscription_id, TG_USAGE_ID_MAX},
+      {"reason", r->reason, TG_USAGE_REASON_MAX},
+  };
+  for (size_t k = 0; k < sizeof(texts) / sizeof(texts[0]); k++) {
+    if (!texts[k].v)
+      return usage_bad(p, i, texts[k].name, "is NULL (use \"\" for none)");
+    if (strlen(texts[k].v) > texts[k].max)
+      return usage_bad(p, i, texts[k].name, "is longer than %zu bytes", texts[k].max);
+  }
+  if (r->status_class < 0 || r->status_class > 5)
+    return usage_bad(p, i, "status_class", "must be 0 to 5, not %d", r->status_class);
+  if ((r->status_class == 0) != (r->reason[0] != '\0'))
+    return usage_bad(p, i, "reason", "%s",
+                     r->status_class == 0 ? "a rejected request (status_class 0) needs one"
+                                          : "only rejected requests (status_class 0) have one");
+  const struct {
+    const char *name;
+    int64_t v;
+  } counters[] = {
+      {"calls", r->calls},
+      {"bytes_in", r->bytes_in},
+      {"bytes_out", r->bytes_out},
+      {"latency_us_sum", r->latency_us_sum},
+  };
+  for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++)
+    if (counters[k].v < 0)
+      return usage_bad(p, i, counters[k].name, "must not be negative");
+  /* Sum without overflow: every bucket is >= 0 and the running total stays
+   * <= calls. */
+  int64_t left = r->calls;
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++) {
+    if (r->h[k] < 0)
+      return usage_bad(p, i, "h", "bucket %d is negative", k);
+    if (r->h[k] > left)
+      return usage_bad(p, i, "h", "the latency buckets count more requests than calls");
+    left -= r->h[k];
+  }
+  if (left != 0)
+    return usage_bad(p, i, "h", "the latency buckets count fewer requests than calls");
+  return TG_OK;
+}
+
+int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p) {
+  if (n == 0)
+    return TG_OK;
+  if (!rows)
+    return tg_problem_set(p, TG_EINVAL, "rows", "no rows");
+  for (size_t i = 0; i < n; i++) {
+    int rc = check_usage_row(&rows[i], i, p);
+    if (rc)
+      return rc;
+  }
+  return s->vt->usage_add(s, rows, n, p);
+}
+
+int tg_store_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
+                               tg_problem_t *p) {
+  if (!cb)
+    return tg_problem_set(p, TG_EINVAL, "cb", "no callback");
+  return s->vt->usage_calls_since(s, since, cb, ctx, p);
 }
 
 const char *tg_store_backend(tg_store_t *s) {

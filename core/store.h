@@ -188,6 +188,75 @@ int tg_store_idem_put(tg_store_t *s, const unsigned char id[32], const tg_idem_r
 /* Delete records expired at `now`; *deleted (may be NULL) counts them. */
 int tg_store_idem_purge(tg_store_t *s, int64_t now, int64_t *deleted, tg_problem_t *p);
 
+/* ---- the gateway's policy view -------------------------------------------
+ * The gateway keeps every key, app, developer, subscription and plan in
+ * memory (1,000,000 keys load in well under 3 s), so it reads them as flat
+ * column values, not JSON objects. */
+
+typedef enum tg_value_type { TG_V_NULL, TG_V_INT, TG_V_TEXT, TG_V_BLOB } tg_value_type_t;
+
+typedef struct tg_value {
+  tg_value_type_t type;
+  int64_t i;     /* TG_V_INT */
+  const char *s; /* TG_V_TEXT: NUL-terminated; TG_V_BLOB: bytes */
+  size_t len;    /* TEXT and BLOB */
+} tg_value_t;
+
+/* vals[0..ncols) are valid only during the call; non-zero stops the scan. */
+typedef int (*tg_scan_cb)(const tg_value_t *vals, int ncols, void *ctx);
+
+/*
+ * Call cb for every row of `ent` (or only the row with id `only_id`, when
+ * not NULL; none if it does not exist), in id order, with the named
+ * columns. Columns are model field names; TG_F_SECRET digests are allowed
+ * (the gateway needs them; they are not secrets themselves). At most 16
+ * columns. The whole scan is one read transaction (a consistent view).
+ * Bad arguments give TG_EINVAL naming "entity", "cols", "only_id" or "cb";
+ * a non-zero return from cb stops the scan and is returned.
+ */
+int tg_store_scan(tg_store_t *s, tg_entity_t ent, const char *only_id, const char *const *cols,
+                  int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p);
+
+/* ---- usage ledger (schema/0001_init.sql usage_rollups) ------------------- */
+
+#define TG_USAGE_BUCKETS 15 /* h00..h14 */
+
+typedef struct tg_usage_row {
+  int64_t granularity; /* 60, 3600, 86400 */
+  int64_t period_start;
+  const char *key_id, *app_id, *developer_id, *api_id, *plan_id, *subscription_id; /* "" = none */
+  int status_class;   /* 0 (rejected by the gateway, reason set) or 1..5 */
+  const char *reason; /* "" unless status_class is 0 */
+  int64_t calls, bytes_in, bytes_out, latency_us_sum;
+  int64_t h[TG_USAGE_BUCKETS]; /* sums to calls */
+} tg_usage_row_t;
+
+/*
+ * Add rows to the ledger in one transaction: a row whose primary key
+ * (granularity, period_start, key_id, api_id, plan_id, status_class,
+ * reason) exists has every counter increased by the new values (UPSERT);
+ * subscription_id, app_id and developer_id take the new values. All or
+ * nothing: on error nothing was added (TG_EBUSY when the store is locked
+ * past the busy timeout: the caller keeps the rows and retries). A row
+ * that breaks the ledger's rules gives TG_EINVAL naming it
+ * ("rows[2].reason"). Inside tg_store_begin/commit the rows are one
+ * savepoint of the caller's transaction.
+ */
+int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p);
+
+/*
+ * Calls that count against quotas since `since` (unix seconds, inclusive),
+ * per subscription: every row with status_class 1..5 (requests the
+ * gateway let through) and a non-empty subscription_id. cb gets each
+ * subscription id with its total; non-zero stops and is returned. Exact
+ * whichever granularities hold the period (each period is counted once):
+ * the SQLite backend reads minute rows only, so compaction must keep them
+ * at least for the current month (see store_sqlite.c).
+ */
+typedef int (*tg_usage_calls_cb)(const char *subscription_id, int64_t calls, void *ctx);
+int tg_store_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
+                               tg_problem_t *p);
+
 /* Test and debug support: the backend's name ("sqlite") and, for SQLite,
  * the database file path. */
 const char *tg_store_backend(tg_store_t *s);

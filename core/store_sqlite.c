@@ -86,7 +86,7 @@ static void stmt_release(sql_store_t *st, sqlite3_stmt *stmt) {
       st->cache[i].busy = 0;
       return;
     }
-  stmt_release(st, stmt);
+  sqlite3_finalize(stmt);
 }
 
 /* ---- a bounded SQL text builder ------------------------------------------ */
@@ -1039,6 +1039,199 @@ out:
   return result;
 }
 
+/* ---- the gateway's policy view ------------------------------------------- */
+
+/* Rows go straight from SQLite's row buffer to the callback: no JSON, no
+ * copies, one cached statement per column list. A single statement is one
+ * read transaction (its WAL snapshot lasts from the first step to the
+ * reset), so the whole scan is a consistent view without BEGIN; inside an
+ * explicit transaction it is that transaction's view. ORDER BY id walks
+ * the primary-key index, no sort. */
+static int s_scan(tg_store_t *s, const tg_entity_desc_t *d, const char *only_id,
+                  const tg_field_t *const *cols, int ncols, tg_scan_cb cb, void *ctx,
+                  tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlbuf_t b = {0};
+  sqlite3_stmt *stmt = NULL;
+  tg_value_t vals[TG_SCAN_COLS_MAX];
+  int result, rc;
+  sb_add(&b, "SELECT ");
+  for (int i = 0; i < ncols; i++) {
+    if (i)
+      sb_add(&b, ", ");
+    sb_add(&b, cols[i]->name);
+  }
+  sb_add(&b, " FROM ");
+  sb_add(&b, d->table);
+  sb_add(&b, only_id ? " WHERE id = ?" : " ORDER BY id");
+  if ((result = prepare(st, &b, &stmt, p)))
+    goto out;
+  if (only_id)
+    sqlite3_bind_text(stmt, 1, only_id, -1, SQLITE_STATIC);
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    for (int i = 0; i < ncols; i++) {
+      tg_value_t *v = &vals[i];
+      v->i = 0;
+      v->s = NULL;
+      v->len = 0;
+      switch (sqlite3_column_type(stmt, i)) {
+      case SQLITE_NULL: v->type = TG_V_NULL; break;
+      case SQLITE_INTEGER:
+        v->type = TG_V_INT;
+        v->i = sqlite3_column_int64(stmt, i);
+        break;
+      case SQLITE_TEXT:
+        v->type = TG_V_TEXT;
+        v->s = (const char *)sqlite3_column_text(stmt, i); /* text first, then its length */
+        v->len = (size_t)sqlite3_column_bytes(stmt, i);
+        if (!v->s) {
+          result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+          goto out;
+        }
+        break;
+      case SQLITE_BLOB:
+        v->type = TG_V_BLOB;
+        v->s = sqlite3_column_blob(stmt, i);
+        v->len = (size_t)sqlite3_column_bytes(stmt, i);
+        if (!v->s)
+          v->s = ""; /* a zero-length blob */
+        break;
+      default: /* REAL: no column of the schema holds one (STRICT tables) */
+        result =
+            tg_problem_set(p, TG_ESTORE, "", "scan: %s.%s holds a REAL", d->table, cols[i]->name);
+        goto out;
+      }
+    }
+    if ((result = cb(vals, ncols, ctx)))
+      goto out;
+  }
+  if (rc != SQLITE_DONE)
+    result = sql_error(st, "scan", p);
+out:
+  stmt_release(st, stmt);
+  return result;
+}
+
+/* ---- usage ledger -------------------------------------------------------- */
+
+/* One UPSERT for every row: counters and histogram buckets add up (so the
+ * h00..h14 = calls CHECK keeps holding), the denormalized ids take the
+ * newest values. Parameters in tg_usage_row_t order. */
+static const char usage_upsert_sql[] =
+    "INSERT INTO usage_rollups (granularity, period_start, key_id, app_id, developer_id, api_id, "
+    "plan_id, subscription_id, status_class, reason, calls, bytes_in, bytes_out, latency_us_sum, "
+    "h00, h01, h02, h03, h04, h05, h06, h07, h08, h09, h10, h11, h12, h13, h14) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (granularity, period_start, key_id, api_id, plan_id, status_class, reason) "
+    "DO UPDATE SET app_id = excluded.app_id, developer_id = excluded.developer_id, "
+    "subscription_id = excluded.subscription_id, calls = calls + excluded.calls, "
+    "bytes_in = bytes_in + excluded.bytes_in, bytes_out = bytes_out + excluded.bytes_out, "
+    "latency_us_sum = latency_us_sum + excluded.latency_us_sum, "
+    "h00 = h00 + excluded.h00, h01 = h01 + excluded.h01, h02 = h02 + excluded.h02, "
+    "h03 = h03 + excluded.h03, h04 = h04 + excluded.h04, h05 = h05 + excluded.h05, "
+    "h06 = h06 + excluded.h06, h07 = h07 + excluded.h07, h08 = h08 + excluded.h08, "
+    "h09 = h09 + excluded.h09, h10 = h10 + excluded.h10, h11 = h11 + excluded.h11, "
+    "h12 = h12 + excluded.h12, h13 = h13 + excluded.h13, h14 = h14 + excluded.h14";
+
+static void bind_usage_row(sqlite3_stmt *stmt, const tg_usage_row_t *r) {
+  int idx = 1;
+  /* SQLITE_STATIC: the rows outlive the statement's use (reset below). */
+  sqlite3_bind_int64(stmt, idx++, r->granularity);
+  sqlite3_bind_int64(stmt, idx++, r->period_start);
+  sqlite3_bind_text(stmt, idx++, r->key_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(stmt, idx++, r->app_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(stmt, idx++, r->developer_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(stmt, idx++, r->api_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(stmt, idx++, r->plan_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(stmt, idx++, r->subscription_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int(stmt, idx++, r->status_class);
+  sqlite3_bind_text(stmt, idx++, r->reason, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(stmt, idx++, r->calls);
+  sqlite3_bind_int64(stmt, idx++, r->bytes_in);
+  sqlite3_bind_int64(stmt, idx++, r->bytes_out);
+  sqlite3_bind_int64(stmt, idx++, r->latency_us_sum);
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++)
+    sqlite3_bind_int64(stmt, idx++, r->h[k]);
+}
+
+/* All rows or none: one write transaction (BEGIN IMMEDIATE, so a locked
+ * store fails at the start with TG_EBUSY, not half-way), or a savepoint
+ * when the caller already holds one (tg_store_begin). Any failure rolls
+ * back every row of the batch. */
+static int s_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int nested = st->in_tx, result;
+  char what[48];
+  if ((result = exec(st, nested ? "SAVEPOINT usage_add" : "BEGIN IMMEDIATE", p)))
+    return result;
+  if (stmt_prepare(st, usage_upsert_sql, &stmt) != SQLITE_OK) {
+    result = sql_error(st, "usage", p);
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    bind_usage_row(stmt, &rows[i]);
+    if (sqlite3_step(stmt) != SQLITE_DONE) {
+      snprintf(what, sizeof(what), "usage rows[%zu]", i);
+      result = sql_error(st, what, p);
+      goto out;
+    }
+    sqlite3_reset(stmt);
+  }
+  stmt_release(st, stmt);
+  stmt = NULL;
+  result = exec(st, nested ? "RELEASE usage_add" : "COMMIT", p);
+out:
+  stmt_release(st, stmt);
+  if (result)
+    sqlite3_exec(st->db, nested ? "ROLLBACK TO usage_add; RELEASE usage_add" : "ROLLBACK", NULL,
+                 NULL, NULL);
+  return result;
+}
+
+/*
+ * Quota usage per subscription, from minute rows (granularity 60) only.
+ * Today the gateway writes nothing else. Compaction (a later change) will
+ * add hour and day rows for the same traffic and keep the minute rows for
+ * a retention period: reading one granularity counts each period exactly
+ * once. Compaction must therefore keep minute rows at least for the
+ * current calendar month (the longest quota period), or this function
+ * must learn to combine granularities (minutes only where no hour/day row
+ * covers them). The primary key (granularity, period_start, ...) makes
+ * the WHERE a range search; the GROUP BY sorts what it finds.
+ */
+static int s_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
+                               tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK, rc;
+  if (stmt_prepare(st,
+                   "SELECT subscription_id, sum(calls) FROM usage_rollups "
+                   "WHERE granularity = 60 AND period_start >= ? "
+                   "AND status_class BETWEEN 1 AND 5 AND subscription_id <> '' "
+                   "GROUP BY subscription_id ORDER BY subscription_id",
+                   &stmt)) {
+    result = sql_error(st, "usage", p);
+    goto out;
+  }
+  sqlite3_bind_int64(stmt, 1, since);
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    const char *sub = (const char *)sqlite3_column_text(stmt, 0);
+    if (!sub) {
+      result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+      goto out;
+    }
+    if ((result = cb(sub, sqlite3_column_int64(stmt, 1), ctx)))
+      goto out;
+  }
+  if (rc != SQLITE_DONE)
+    result = sql_error(st, "usage", p);
+out:
+  stmt_release(st, stmt);
+  return result;
+}
+
 static const tg_store_vtab_t sqlite_vtab = {
     .name = "sqlite",
     .close = s_close,
@@ -1062,4 +1255,7 @@ static const tg_store_vtab_t sqlite_vtab = {
     .idem_get = s_idem_get,
     .idem_put = s_idem_put,
     .idem_purge = s_idem_purge,
+    .scan = s_scan,
+    .usage_add = s_usage_add,
+    .usage_calls_since = s_usage_calls_since,
 };

@@ -599,6 +599,32 @@ TG_TEST(change_log_records_what_the_gateway_needs) {
   cleanup(s);
 }
 
+/* A callback that reads the change log again, deeper than the statement
+ * cache is wide: every level holds a statement in use, so the innermost
+ * ones run on one-off statements, which must be finalized when done. */
+typedef struct nest {
+  tg_store_t *s;
+  int depth;
+} nest_t;
+
+static int nested_change(const tg_change_t *c, void *ctx) {
+  nest_t *n = ctx;
+  if (n->depth-- == 0)
+    return 0;
+  return tg_store_changes(n->s, c->seq - 1, 1, nested_change, n, NULL, NULL);
+}
+
+TG_TEST(statements_in_use_past_the_cache_get_one_off_copies) {
+  tg_store_t *s = fresh();
+  tg_problem_t p = {0};
+  json_t *api = make_api(s, "pets");
+  nest_t n = {s, 80}; /* > STMT_CACHE (64) */
+  ASSERT_INT_EQ(tg_store_changes(s, 0, 1, nested_change, &n, NULL, &p), TG_OK);
+  ASSERT_INT_EQ(n.depth, -1);
+  json_decref(api);
+  cleanup(s);
+}
+
 TG_TEST(transactions_roll_back_whole) {
   tg_store_t *s = fresh();
   tg_problem_t p = {0};

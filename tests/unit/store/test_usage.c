@@ -1,0 +1,455 @@
+/*
+ * test_usage.c - the usage ledger (usage_rollups): tg_store_usage_add
+ * inserts, then adds onto existing rows (every counter and histogram
+ * bucket), refuses bad rows naming them, is all or nothing, and reports a
+ * locked store as TG_EBUSY; tg_store_usage_calls_since sums what counts
+ * against quotas. Raw sqlite3 reads check what really landed in the table.
+ *
+ * Everything a test allocates is released by teardown(), which also runs
+ * before the next test and at exit, so a failing assertion leaks nothing.
+ */
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_fixture.h"
+#include "tg_test.h"
+
+static store_fixture_t FX;
+static tg_store_t *S;
+static tg_store_t *S2; /* a second connection, when a test needs one */
+static sqlite3 *RAW;   /* read-only view of the file */
+
+static void teardown(void) {
+  sqlite3_close(RAW);
+  RAW = NULL;
+  tg_store_close(S2);
+  S2 = NULL;
+  tg_store_close(S);
+  S = NULL;
+  fixture_remove(&FX, NULL);
+}
+
+static void fresh(void) {
+  teardown();
+  S = fixture_open(&FX, "tg_usage");
+  if (sqlite3_open_v2(FX.path, &RAW, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+    abort();
+}
+
+#define MIN0 1700000040 /* a minute start (and 1699999200 an hour start) */
+
+/* A served minute row of `calls` requests, all in bucket 3. */
+static tg_usage_row_t urow(const char *key, const char *sub, int status_class, const char *reason,
+                           int64_t calls) {
+  tg_usage_row_t r = {
+      .granularity = 60,
+      .period_start = MIN0,
+      .key_id = key,
+      .app_id = "app_01",
+      .developer_id = "dev_01",
+      .api_id = "api_01",
+      .plan_id = "pln_01",
+      .subscription_id = sub,
+      .status_class = status_class,
+      .reason = reason,
+      .calls = calls,
+      .bytes_in = calls * 100,
+      .bytes_out = calls * 1000,
+      .latency_us_sum = calls * 5000,
+  };
+  r.h[3] = calls;
+  return r;
+}
+
+/* One ledger row as stored: ints[0..18) are calls, bytes_in, bytes_out,
+ * latency_us_sum, h00..h14; texts are app_id, developer_id,
+ * subscription_id. Returns false when there is no such row. */
+typedef struct stored {
+  int64_t ints[4 + TG_USAGE_BUCKETS];
+  char texts[3][72];
+} stored_t;
+
+static bool read_row(const tg_usage_row_t *k, stored_t *out) {
+  sqlite3_stmt *q = NULL;
+  memset(out, 0, sizeof(*out));
+  if (sqlite3_prepare_v2(RAW,
+                         "SELECT calls, bytes_in, bytes_out, latency_us_sum, h00, h01, h02, h03, "
+                         "h04, h05, h06, h07, h08, h09, h10, h11, h12, h13, h14, app_id, "
+                         "developer_id, subscription_id FROM usage_rollups "
+                         "WHERE granularity = ? AND period_start = ? AND key_id = ? "
+                         "AND api_id = ? AND plan_id = ? AND status_class = ? AND reason = ?",
+                         -1, &q, NULL) != SQLITE_OK)
+    TG_FAIL_("prepare: %s", sqlite3_errmsg(RAW));
+  sqlite3_bind_int64(q, 1, k->granularity);
+  sqlite3_bind_int64(q, 2, k->period_start);
+  sqlite3_bind_text(q, 3, k->key_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(q, 4, k->api_id, -1, SQLITE_STATIC);
+  sqlite3_bind_text(q, 5, k->plan_id, -1, SQLITE_STATIC);
+  sqlite3_bind_int(q, 6, k->status_class);
+  sqlite3_bind_text(q, 7, k->reason, -1, SQLITE_STATIC);
+  bool found = sqlite3_step(q) == SQLITE_ROW;
+  if (found) {
+    for (int i = 0; i < 4 + TG_USAGE_BUCKETS; i++)
+      out->ints[i] = sqlite3_column_int64(q, i);
+    for (int i = 0; i < 3; i++)
+      snprintf(out->texts[i], sizeof(out->texts[i]), "%s",
+               (const char *)sqlite3_column_text(q, 4 + TG_USAGE_BUCKETS + i));
+  }
+  sqlite3_finalize(q);
+  return found;
+}
+
+static int64_t ledger_rows(void) {
+  sqlite3_stmt *q = NULL;
+  int64_t n = -1;
+  if (sqlite3_prepare_v2(RAW, "SELECT count(*) FROM usage_rollups", -1, &q, NULL) == SQLITE_OK &&
+      sqlite3_step(q) == SQLITE_ROW)
+    n = sqlite3_column_int64(q, 0);
+  sqlite3_finalize(q);
+  return n;
+}
+
+static void assert_stored(const stored_t *got, const tg_usage_row_t *want) {
+  ASSERT_INT_EQ(got->ints[0], want->calls);
+  ASSERT_INT_EQ(got->ints[1], want->bytes_in);
+  ASSERT_INT_EQ(got->ints[2], want->bytes_out);
+  ASSERT_INT_EQ(got->ints[3], want->latency_us_sum);
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++)
+    ASSERT_INT_EQ(got->ints[4 + k], want->h[k]);
+  ASSERT_STR_EQ(got->texts[0], want->app_id);
+  ASSERT_STR_EQ(got->texts[1], want->developer_id);
+  ASSERT_STR_EQ(got->texts[2], want->subscription_id);
+}
+
+#define EXPECT_RC(call, code, fld)                                                                 \
+  do {                                                                                             \
+    tg_problem_clear(&p);                                                                          \
+    int rc_ = (call);                                                                              \
+    if (rc_ != (code) || strcmp(p.field, (fld)) != 0)                                              \
+      TG_FAIL_("%s: expected %s on \"%s\", got %s on \"%s\" (%s)", #call, tg_strerror(code),       \
+               (fld), tg_strerror(rc_), p.field, p.detail);                                        \
+  } while (0)
+
+TG_TEST(usage_add_inserts_then_adds_onto_existing_rows) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_usage_row_t first[] = {
+      urow("key_A", "sub_A", 2, "", 3),
+      urow("key_A", "sub_A", 0, "rate_limited", 4),
+  };
+  EXPECT_RC(tg_store_usage_add(S, first, 2, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 2);
+  stored_t got;
+  ASSERT(read_row(&first[0], &got));
+  assert_stored(&got, &first[0]);
+  ASSERT(read_row(&first[1], &got));
+  assert_stored(&got, &first[1]);
+
+  /* Same primary key, every counter and bucket different; new ids. Given
+   * twice in one batch: both add up. */
+  tg_usage_row_t more = urow("key_A", "sub_B", 2, "", 0);
+  more.app_id = "app_02";
+  more.developer_id = "dev_02";
+  more.h[3] = 0;
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++) {
+    more.h[k] = k + 1;
+    more.calls += k + 1;
+  }
+  more.bytes_in = 7;
+  more.bytes_out = 11;
+  more.latency_us_sum = 13;
+  tg_usage_row_t twice[] = {more, more};
+  EXPECT_RC(tg_store_usage_add(S, twice, 2, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 2);
+  tg_usage_row_t want = more;
+  want.calls = first[0].calls + 2 * more.calls;
+  want.bytes_in = first[0].bytes_in + 2 * more.bytes_in;
+  want.bytes_out = first[0].bytes_out + 2 * more.bytes_out;
+  want.latency_us_sum = first[0].latency_us_sum + 2 * more.latency_us_sum;
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++)
+    want.h[k] = first[0].h[k] + 2 * more.h[k];
+  ASSERT(read_row(&more, &got));
+  assert_stored(&got, &want); /* app, developer, subscription: the new ones */
+  /* the rejected row is a different key (status_class, reason): untouched */
+  ASSERT(read_row(&first[1], &got));
+  assert_stored(&got, &first[1]);
+
+  /* Each primary-key column separates rows; the other columns do not. */
+  tg_usage_row_t apart[6];
+  for (int i = 0; i < 6; i++)
+    apart[i] = urow("key_A", "sub_A", 2, "", 1);
+  apart[0].granularity = 3600;
+  apart[0].period_start = 1699999200;
+  apart[1].period_start = MIN0 + 60;
+  apart[2].key_id = "key_B";
+  apart[3].api_id = "api_02";
+  apart[4].plan_id = "pln_02";
+  apart[5].status_class = 5;
+  EXPECT_RC(tg_store_usage_add(S, apart, 6, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 8);
+  /* nothing to add is fine */
+  EXPECT_RC(tg_store_usage_add(S, NULL, 0, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 8);
+}
+
+/* A bad row: break one rule of `urow` and expect TG_EINVAL naming it. */
+typedef struct bad_case {
+  const char *field; /* expected problem field, for the row at index 1 */
+  void (*spoil)(tg_usage_row_t *r);
+} bad_case_t;
+
+static void bad_granularity(tg_usage_row_t *r) {
+  r->granularity = 120;
+}
+static void bad_unaligned(tg_usage_row_t *r) {
+  r->period_start = MIN0 + 1;
+}
+static void bad_unaligned_hour(tg_usage_row_t *r) {
+  r->granularity = 3600; /* MIN0 is a minute, not an hour start */
+}
+static void bad_negative_start(tg_usage_row_t *r) {
+  r->period_start = -60;
+}
+static void bad_status_high(tg_usage_row_t *r) {
+  r->status_class = 6;
+}
+static void bad_status_low(tg_usage_row_t *r) {
+  r->status_class = -1;
+}
+static void bad_reject_without_reason(tg_usage_row_t *r) {
+  r->status_class = 0;
+}
+static void bad_served_with_reason(tg_usage_row_t *r) {
+  r->reason = "quota";
+}
+static void bad_null_key(tg_usage_row_t *r) {
+  r->key_id = NULL;
+}
+static void bad_null_sub(tg_usage_row_t *r) {
+  r->subscription_id = NULL;
+}
+static void bad_null_reason(tg_usage_row_t *r) {
+  r->reason = NULL;
+}
+/* Text of exactly n bytes (n < 80), in one of two static buffers. */
+static const char *text_of(int which, size_t n) {
+  static char buf[2][80];
+  memset(buf[which], 'x', n);
+  buf[which][n] = '\0';
+  return buf[which];
+}
+static void bad_long_api(tg_usage_row_t *r) {
+  r->api_id = text_of(0, 65);
+}
+static void bad_long_reason(tg_usage_row_t *r) {
+  r->status_class = 0;
+  r->reason = text_of(0, 33);
+}
+static void bad_negative_calls(tg_usage_row_t *r) {
+  r->calls = -1;
+  r->h[3] = -1;
+}
+static void bad_negative_bytes(tg_usage_row_t *r) {
+  r->bytes_out = -5;
+}
+static void bad_negative_latency(tg_usage_row_t *r) {
+  r->latency_us_sum = -5;
+}
+static void bad_hist_short(tg_usage_row_t *r) {
+  r->h[3] -= 1;
+}
+static void bad_hist_long(tg_usage_row_t *r) {
+  r->h[14] = 1;
+}
+static void bad_hist_negative(tg_usage_row_t *r) {
+  r->h[0] = -1;
+  r->h[1] = 1;
+}
+static void bad_hist_overflow(tg_usage_row_t *r) {
+  r->calls = 1;
+  r->h[0] = INT64_MAX;
+  r->h[1] = INT64_MAX;
+  r->h[2] = 3; /* a wrapping sum would come to 1 */
+  r->h[3] = 0;
+}
+
+TG_TEST(usage_add_refuses_bad_rows_naming_them_and_adds_nothing) {
+  fresh();
+  tg_problem_t p = {0};
+  static const bad_case_t cases[] = {
+      {"rows[1].granularity", bad_granularity},
+      {"rows[1].period_start", bad_unaligned},
+      {"rows[1].period_start", bad_unaligned_hour},
+      {"rows[1].period_start", bad_negative_start},
+      {"rows[1].status_class", bad_status_high},
+      {"rows[1].status_class", bad_status_low},
+      {"rows[1].reason", bad_reject_without_reason},
+      {"rows[1].reason", bad_served_with_reason},
+      {"rows[1].key_id", bad_null_key},
+      {"rows[1].subscription_id", bad_null_sub},
+      {"rows[1].reason", bad_null_reason},
+      {"rows[1].api_id", bad_long_api},
+      {"rows[1].reason", bad_long_reason},
+      {"rows[1].calls", bad_negative_calls},
+      {"rows[1].bytes_out", bad_negative_bytes},
+      {"rows[1].latency_us_sum", bad_negative_latency},
+      {"rows[1].h", bad_hist_short},
+      {"rows[1].h", bad_hist_long},
+      {"rows[1].h", bad_hist_negative},
+      {"rows[1].h", bad_hist_overflow},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    tg_usage_row_t rows[3] = {
+        urow("key_A", "sub_A", 2, "", 5),
+        urow("key_B", "sub_A", 2, "", 5),
+        urow("key_C", "sub_A", 2, "", 5),
+    };
+    cases[i].spoil(&rows[1]);
+    EXPECT_RC(tg_store_usage_add(S, rows, 3, &p), TG_EINVAL, cases[i].field);
+    ASSERT(p.detail[0] != '\0');
+    ASSERT_INT_EQ(ledger_rows(), 0);
+  }
+  EXPECT_RC(tg_store_usage_add(S, NULL, 1, &p), TG_EINVAL, "rows");
+  /* the limits themselves are fine: 64-byte ids, a 32-byte reason */
+  tg_usage_row_t edge = urow(text_of(0, 64), "", 0, text_of(1, 32), 0);
+  EXPECT_RC(tg_store_usage_add(S, &edge, 1, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 1);
+}
+
+TG_TEST(usage_add_rolls_back_the_whole_batch_when_the_store_refuses_a_row) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_usage_row_t seed = urow("key_A", "sub_A", 2, "", 1);
+  EXPECT_RC(tg_store_usage_add(S, &seed, 1, &p), TG_OK, "");
+  /* Valid on its own, but adding it to the seeded row overflows calls:
+   * the store refuses it after the first row of the batch went in. */
+  tg_usage_row_t batch[2] = {urow("key_B", "sub_A", 2, "", 5), urow("key_A", "sub_A", 2, "", 0)};
+  batch[1].calls = INT64_MAX;
+  batch[1].h[3] = INT64_MAX;
+  tg_problem_clear(&p);
+  int rc = tg_store_usage_add(S, batch, 2, &p);
+  ASSERT_INT_NE(rc, TG_OK);
+  ASSERT_INT_NE(rc, TG_EBUSY);
+  ASSERT_STR_CONTAINS(p.detail, "rows[1]");
+  ASSERT_INT_EQ(ledger_rows(), 1); /* key_B's row is gone too */
+  stored_t got;
+  ASSERT(read_row(&seed, &got));
+  assert_stored(&got, &seed);
+
+  /* Inside the caller's transaction the batch is a savepoint: it goes,
+   * what the transaction did before stays. */
+  EXPECT_RC(tg_store_begin(S, &p), TG_OK, "");
+  tg_usage_row_t ok = urow("key_C", "sub_A", 3, "", 2);
+  EXPECT_RC(tg_store_usage_add(S, &ok, 1, &p), TG_OK, "");
+  tg_problem_clear(&p);
+  ASSERT_INT_NE(tg_store_usage_add(S, batch, 2, &p), TG_OK);
+  EXPECT_RC(tg_store_commit(S, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 2);
+  ASSERT(read_row(&ok, &got));
+  assert_stored(&got, &ok);
+  /* and a rolled-back transaction takes the batch with it */
+  EXPECT_RC(tg_store_begin(S, &p), TG_OK, "");
+  tg_usage_row_t gone = urow("key_D", "sub_A", 3, "", 2);
+  EXPECT_RC(tg_store_usage_add(S, &gone, 1, &p), TG_OK, "");
+  tg_store_rollback(S);
+  ASSERT_INT_EQ(ledger_rows(), 2);
+}
+
+TG_TEST(usage_add_on_a_locked_store_is_busy_and_can_be_retried) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_store_options_t opt = {.path = FX.path, .busy_timeout_ms = 50, .mode = TG_STORE_OPEN_CURRENT};
+  EXPECT_RC(tg_store_open(&opt, &S2, NULL, NULL, &p), TG_OK, "");
+  tg_usage_row_t rows[2] = {urow("key_A", "sub_A", 2, "", 3), urow("key_B", "sub_A", 4, "", 2)};
+  /* S holds the write lock: S2 waits 50 ms, then gives up. */
+  EXPECT_RC(tg_store_begin(S, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_add(S2, rows, 2, &p), TG_EBUSY, "");
+  EXPECT_RC(tg_store_usage_add(S2, rows, 2, &p), TG_EBUSY, "");
+  tg_store_rollback(S);
+  ASSERT_INT_EQ(ledger_rows(), 0);
+  /* the caller kept its rows: the retry adds them once */
+  EXPECT_RC(tg_store_usage_add(S2, rows, 2, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 2);
+  stored_t got;
+  ASSERT(read_row(&rows[0], &got));
+  assert_stored(&got, &rows[0]);
+}
+
+/* Totals the callback saw, in order. */
+typedef struct totals {
+  char sub[8][72];
+  int64_t calls[8];
+  int n;
+  int stop; /* non-zero: return it from the first call */
+} totals_t;
+
+static int collect_total(const char *sub, int64_t calls, void *ctx) {
+  totals_t *t = ctx;
+  if (t->n == 8)
+    return 99;
+  snprintf(t->sub[t->n], sizeof(t->sub[0]), "%s", sub);
+  t->calls[t->n++] = calls;
+  return t->stop;
+}
+
+TG_TEST(usage_calls_since_counts_served_minutes_per_subscription) {
+  fresh();
+  tg_problem_t p = {0};
+  const int64_t since = 1699999200; /* an hour (and so a minute) start */
+  tg_usage_row_t rows[12];
+  int n = 0;
+  rows[n++] = urow("key_A", "sub_A", 2, "", 10); /* counted: A */
+  rows[n - 1].period_start = since;
+  rows[n++] = urow("key_A", "sub_A", 4, "", 5); /* counted: A (4xx let through) */
+  rows[n++] = urow("key_A", "sub_A", 5, "", 2); /* counted: A */
+  rows[n - 1].period_start = since + 3540;
+  rows[n++] = urow("key_B", "sub_A", 1, "", 3);        /* counted: A (another key) */
+  rows[n++] = urow("key_A", "sub_A", 0, "quota", 100); /* rejected: not counted */
+  rows[n++] = urow("key_A", "sub_A", 2, "", 1000);     /* before since */
+  rows[n - 1].period_start = since - 60;
+  rows[n++] = urow("key_A", "sub_A", 2, "", 20); /* the hour row of the same traffic */
+  rows[n - 1].granularity = 3600;
+  rows[n - 1].period_start = since;
+  rows[n++] = urow("key_A", "sub_A", 2, "", 20); /* and the day row */
+  rows[n - 1].granularity = 86400;
+  rows[n - 1].period_start = since - since % 86400 + 86400;
+  rows[n++] = urow("key_C", "sub_B", 2, "", 7); /* counted: B */
+  rows[n++] = urow("", "", 2, "", 50);          /* no subscription: not counted */
+  rows[n++] = urow("key_D", "", 3, "", 40);     /* no subscription: not counted */
+  EXPECT_RC(tg_store_usage_add(S, rows, (size_t)n, &p), TG_OK, "");
+
+  totals_t t = {0};
+  EXPECT_RC(tg_store_usage_calls_since(S, since, collect_total, &t, &p), TG_OK, "");
+  ASSERT_INT_EQ(t.n, 2);
+  ASSERT_STR_EQ(t.sub[0], "sub_A");
+  ASSERT_INT_EQ(t.calls[0], 10 + 5 + 2 + 3);
+  ASSERT_STR_EQ(t.sub[1], "sub_B");
+  ASSERT_INT_EQ(t.calls[1], 7);
+  /* since is inclusive: one minute earlier takes in the 1000 */
+  memset(&t, 0, sizeof(t));
+  EXPECT_RC(tg_store_usage_calls_since(S, since - 60, collect_total, &t, &p), TG_OK, "");
+  ASSERT_INT_EQ(t.calls[0], 1020);
+  /* a later since sees only the last minute of the hour */
+  memset(&t, 0, sizeof(t));
+  EXPECT_RC(tg_store_usage_calls_since(S, since + 3540, collect_total, &t, &p), TG_OK, "");
+  ASSERT_INT_EQ(t.n, 1);
+  ASSERT_INT_EQ(t.calls[0], 2);
+  /* nothing yet */
+  memset(&t, 0, sizeof(t));
+  EXPECT_RC(tg_store_usage_calls_since(S, since + 86400 * 2, collect_total, &t, &p), TG_OK, "");
+  ASSERT_INT_EQ(t.n, 0);
+  /* the callback stops it, and its value comes back */
+  memset(&t, 0, sizeof(t));
+  t.stop = 9;
+  EXPECT_RC(tg_store_usage_calls_since(S, since, collect_total, &t, &p), 9, "");
+  ASSERT_INT_EQ(t.n, 1);
+  EXPECT_RC(tg_store_usage_calls_since(S, since, NULL, NULL, &p), TG_EINVAL, "cb");
+}
+
+int main(int argc, char **argv) {
+  int rc = tg_test_main(argc, argv);
+  teardown();
+  return rc;
+}
