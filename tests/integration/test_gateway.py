@@ -704,14 +704,14 @@ class World:
         self.origins.append(o)
         return o
 
-    def start_gateway(self, *extra):
+    def start_gateway(self, *extra, env=None):
         self.access_log = os.path.join(self.dir, "access.log")
         argv = [GATEWAY, "--config", self.config, "--db-path", self.db, "--secret-file",
                 self.secret, "--gateway-listen", "127.0.0.1:0", "--status-listen",
                 "127.0.0.1:0", "--config-poll-interval", "50ms", "--access-log",
                 self.access_log, "--log-format", "text"] + list(extra)
         # glibc fills freed memory with 0xa5, so a use after free shows up as garbage
-        env = clean_env(GLIBC_TUNABLES="glibc.malloc.perturb=165")
+        env = clean_env(GLIBC_TUNABLES="glibc.malloc.perturb=165", **(env or {}))
         self.gw = Daemon("gateway", argv, self.dir, {"port": re.compile(r"\bport=(\d+)\b"),
                                                      "status": re.compile(r"\bstatus_port=(\d+)")},
                          env=env)
@@ -2552,7 +2552,9 @@ GROUPS = [
 ]
 
 
-def main(argv):
+def main(argv, groups=None):
+    """Run the groups (default: this file's GROUPS); other suites reuse
+    this runner and World with their own groups."""
     global GATEWAY, SERVER, CLI, UPSTREAM
     if len(argv) < 5:
         print("usage: %s GATEWAY SERVER CLI UPSTREAM [TEST...]" % argv[0], file=sys.stderr)
@@ -2578,7 +2580,7 @@ def main(argv):
             print("%s: FAIL\n  %s" % (name, err.replace("\n", "\n  ")))
         sys.stdout.flush()
 
-    for gname, setup, tests, teardown in GROUPS:
+    for gname, setup, tests, teardown in groups or GROUPS:
         sel = [t for t in tests if not only or gname in only or t.__name__ in only]
         if not sel:
             continue
