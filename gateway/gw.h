@@ -32,6 +32,8 @@
 
 #include "core/config.h"
 #include "gateway/http1.h"
+#include "gateway/meter.h"
+#include "gateway/policy.h"
 
 #define GW_MAX_WORKERS 256
 #define GW_ID_LEN      30
@@ -90,7 +92,10 @@ static inline bool gw_target_down(const gw_target_t *t) {
 typedef struct gw_route {
   char api_id[GW_ID_LEN + 1];
   char slug[64];
-  char **hosts; /* lowercase; "*.example.com" wildcards; none = any host */
+  uint32_t api_no;          /* gw_policy_api_no: the subscription table's key */
+  bool auth_key;            /* auth_mode "key" (else "none": no key, no limits) */
+  char key_query_param[65]; /* "" unless the API accepts the key in the query */
+  char **hosts;             /* lowercase; "*.example.com" wildcards; none = any host */
   int nhosts;
   char *prefix; /* normalised path prefix, "/" matches everything */
   size_t prefix_len;
@@ -115,8 +120,8 @@ typedef struct gw_snapshot {
 
 /* Build a snapshot from the store (config thread only). */
 struct tg_store;
-int gw_snapshot_load(struct tg_store *store, uint64_t gen, gw_snapshot_t **out, char *err,
-                     size_t errlen);
+int gw_snapshot_load(struct tg_store *store, gw_policy_t *pol, uint64_t gen, gw_snapshot_t **out,
+                     char *err, size_t errlen);
 void gw_snapshot_free(gw_snapshot_t *snap);
 
 /*
@@ -147,6 +152,27 @@ typedef struct gw_stats {
   _Atomic uint64_t connections_total;
 } gw_stats_t;
 
+/* A worker's usage table and its hand-over to the metering thread (meter.h). */
+typedef struct gw_meter_slot {
+  gw_meter_tab_t *cur;             /* the worker's; the metering thread's once it exited */
+  _Atomic(gw_meter_tab_t *) out;   /* handed over, not yet taken */
+  _Atomic(gw_meter_tab_t *) spare; /* an empty table given back */
+  atomic_bool want;                /* the metering thread asks for cur */
+  atomic_bool exited;              /* the worker has returned */
+} gw_meter_slot_t;
+
+/* Failed key attempts per client address: a fixed table of counters
+ * (minute << 32 | count), shared by the workers; collisions only make it
+ * stricter. */
+#define GW_AUTHFAIL_SLOTS 65536
+
+/* Identity headers the upstream receives (empty name: not sent). */
+typedef struct gw_ident_headers {
+  char app[128], developer[128], plan[128], key_prefix[128];
+} gw_ident_headers_t;
+
+enum { GW_RLH_BOTH, GW_RLH_DRAFT, GW_RLH_LEGACY, GW_RLH_OFF };
+
 typedef struct gw_server {
   const tg_config_t *cfg;
   int nworkers;
@@ -170,7 +196,24 @@ typedef struct gw_server {
   gw_stats_t stats;
   int64_t started_ms;
   atomic_bool ready; /* a snapshot is loaded */
+  /* issue 5: keys, limits, metering */
+  gw_policy_t *policy;
+  gw_meter_slot_t meter[GW_MAX_WORKERS];
+  char key_header[128];
+  bool strip_key;
+  gw_ident_headers_t ident;       /* lower case, to match requests */
+  gw_ident_headers_t ident_names; /* as configured, to send */
+  tg_secret_t secret;             /* keys' digests */
+  int ratelimit_headers;          /* GW_RLH_* */
+  int64_t auth_failures;          /* per address and minute; 0: no limit */
+  _Atomic uint64_t authfail[GW_AUTHFAIL_SLOTS];
+  uint64_t authfail_seed;
+  int64_t clock_offset_ms;           /* tests: TOLLGATE_TEST_NOW moves the wall clock */
+  _Atomic uint64_t rejected[GW_R_N]; /* by reason, for /metrics */
 } gw_server_t;
+
+/* The gateway's wall clock (ms): real time, moved by TOLLGATE_TEST_NOW. */
+int64_t gw_wall_ms(const gw_server_t *srv);
 
 /* workers (worker.c) */
 int gw_workers_start(gw_server_t *srv, char *err, size_t errlen);
@@ -179,6 +222,10 @@ void gw_workers_stop(gw_server_t *srv, int64_t drain_ms);
 void gw_stats_sum(gw_server_t *srv, gw_stats_t *out);
 /* Lowest snapshot generation any worker still holds. */
 uint64_t gw_workers_min_gen(gw_server_t *srv);
+/* Lowest policy epoch any worker may still be reading under (policy.h). */
+uint64_t gw_workers_min_epoch(void *srv);
+/* Wake every worker's loop (eventfd). */
+void gw_workers_wake(gw_server_t *srv);
 
 /* active health checks (health.c) */
 

@@ -18,11 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sodium.h>
 #include <unistd.h>
 
 #include "core/keys.h"
 #include "core/log.h"
 #include "core/store.h"
+#include "core/tokens.h"
 #include "core/util.h"
 #include "gateway/gw.h"
 #include "gateway/tls.h"
@@ -55,7 +57,7 @@ static void retire_done(void) {
 static int reload(uint64_t gen) {
   char err[256];
   gw_snapshot_t *snap = NULL;
-  if (gw_snapshot_load(store, gen, &snap, err, sizeof(err)) != 0) {
+  if (gw_snapshot_load(store, srv.policy, gen, &snap, err, sizeof(err)) != 0) {
     tg_log(TG_LOG_ERROR, "config reload failed", "error", err, NULL);
     return -1;
   }
@@ -83,34 +85,76 @@ static int reload(uint64_t gen) {
   return 0;
 }
 
+/* One batch of the change log: whether routing changed, and which
+ * policy rows to re-read (applied after the scan, outside its statement). */
 typedef struct change_scan {
   bool routing;
+  struct {
+    char entity[16];
+    char id[40];
+  } * rows;
+  size_t n, cap;
+  bool lost; /* out of memory: a change could not be remembered */
 } change_scan_t;
 
 static int scan_change(const tg_change_t *c, void *ctx) {
   change_scan_t *s = ctx;
-  if (strcmp(c->entity, "api") == 0 || strcmp(c->entity, "target") == 0)
+  if (strcmp(c->entity, "api") == 0 || strcmp(c->entity, "target") == 0) {
     s->routing = true;
+    return 0;
+  }
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    void *r = realloc(s->rows, cap * sizeof(*s->rows));
+    if (!r) {
+      s->lost = true;
+      return 0;
+    }
+    s->rows = r;
+    s->cap = cap;
+  }
+  snprintf(s->rows[s->n].entity, sizeof(s->rows[s->n].entity), "%s", c->entity);
+  snprintf(s->rows[s->n].id, sizeof(s->rows[s->n].id), "%s", c->entity_id);
+  s->n++;
   return 0;
 }
 
+/* Re-read each changed row once (a row changed twice in a batch is read
+ * once, in its latest state). */
+static void apply_policy_changes(change_scan_t *s) {
+  for (size_t i = 0; i < s->n; i++) {
+    bool later = false;
+    for (size_t j = i + 1; j < s->n && !later && s->n - i < 4096; j++)
+      later = strcmp(s->rows[i].id, s->rows[j].id) == 0;
+    if (later)
+      continue;
+    char err[256];
+    if (gw_policy_refresh(srv.policy, store, s->rows[i].entity, s->rows[i].id, err, sizeof(err)) !=
+        0)
+      tg_log(TG_LOG_ERROR, "policy change not applied", "error", err, NULL);
+  }
+  s->n = 0;
+}
+
+static int skip_change(const tg_change_t *c, void *ctx) {
+  (void)c;
+  (void)ctx;
+  return 0;
+}
+
+/* Where the change log ends now (read before the first load, so that a
+ * change committed during the load is applied again, never missed). */
+static int64_t start_seq;
+
 static void *config_main(void *arg) {
   (void)arg;
-  int64_t version = 0, last_seq = 0;
+  int64_t version = -1, last_seq = start_seq;
   uint64_t gen = atomic_load(&srv.current) ? atomic_load(&srv.current)->gen : 1;
-  tg_store_data_version(store, &version);
-  /* start from the end of the change log: the first snapshot has it all */
-  for (;;) {
-    int64_t before = last_seq;
-    change_scan_t s = {0};
-    if (tg_store_changes(store, last_seq, 10000, scan_change, &s, &last_seq, NULL) != TG_OK ||
-        last_seq == before)
-      break;
-  }
   while (!atomic_load(&config_stop)) {
     struct timespec ts = {poll_ms / 1000, (long)(poll_ms % 1000) * 1000000};
     nanosleep(&ts, NULL);
     retire_done();
+    gw_policy_collect(srv.policy);
     int64_t v = 0;
     if (tg_store_data_version(store, &v) != TG_OK || v == version)
       continue; /* nobody committed: the cheap check is enough */
@@ -119,13 +163,23 @@ static void *config_main(void *arg) {
     int64_t seq = last_seq;
     for (;;) {
       int64_t before = seq;
-      if (tg_store_changes(store, seq, 10000, scan_change, &s, &seq, NULL) != TG_OK ||
-          seq == before)
+      int rc = tg_store_changes(store, seq, 10000, scan_change, &s, &seq, NULL);
+      /* routing first: a new API's number exists before its subscriptions */
+      if (s.routing) {
+        reload(++gen);
+        s.routing = false;
+      }
+      apply_policy_changes(&s);
+      if (rc != TG_OK || seq == before)
         break;
     }
+    if (s.lost)
+      tg_log(TG_LOG_ERROR,
+             "out of memory: some key or plan changes were not applied; restart the "
+             "gateway",
+             NULL);
+    free(s.rows);
     last_seq = seq;
-    if (s.routing)
-      reload(++gen);
   }
   return NULL;
 }
@@ -141,6 +195,48 @@ static int open_access_log(const char *where) {
 static int fail(const char *key, const char *msg) {
   fprintf(stderr, "tollgate-gateway: %s%s%s\n", key ? key : "", key ? ": " : "", msg);
   return EXIT_FAILURE;
+}
+
+/* A header name from the config (RFC 9110 token), kept as given and in
+ * lower case. Empty is allowed where `may_be_empty`. */
+static int header_name(const tg_config_t *cfg, const char *key, bool may_be_empty, char *given,
+                       char *lower, size_t cap) {
+  const char *v = tg_config_str(cfg, key);
+  size_t n = strlen(v);
+  if (n == 0 && may_be_empty) {
+    given[0] = lower[0] = '\0';
+    return 0;
+  }
+  if (n == 0 || n >= cap ||
+      strspn(v, "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != n)
+    return fail(key, "not a header name (letters, digits and !#$%&'*+-.^_`|~)");
+  for (size_t i = 0; i <= n; i++) {
+    given[i] = v[i];
+    lower[i] = (char)(v[i] >= 'A' && v[i] <= 'Z' ? v[i] + 32 : v[i]);
+  }
+  return 0;
+}
+
+static int header_names(const tg_config_t *cfg) {
+  char given[128];
+  gw_ident_headers_t *l = &srv.ident, *g = &srv.ident_names;
+  if (header_name(cfg, "gateway_key_header", false, given, srv.key_header, sizeof(given)) ||
+      header_name(cfg, "gateway_header_app", true, g->app, l->app, sizeof(g->app)) ||
+      header_name(cfg, "gateway_header_developer", true, g->developer, l->developer,
+                  sizeof(g->developer)) ||
+      header_name(cfg, "gateway_header_plan", true, g->plan, l->plan, sizeof(g->plan)) ||
+      header_name(cfg, "gateway_header_key_prefix", true, g->key_prefix, l->key_prefix,
+                  sizeof(g->key_prefix)))
+    return -1;
+  srv.strip_key = tg_config_bool(cfg, "gateway_strip_key");
+  const char *rl = tg_config_str(cfg, "gateway_ratelimit_headers");
+  srv.ratelimit_headers = strcmp(rl, "draft") == 0    ? GW_RLH_DRAFT
+                          : strcmp(rl, "legacy") == 0 ? GW_RLH_LEGACY
+                          : strcmp(rl, "off") == 0    ? GW_RLH_OFF
+                                                      : GW_RLH_BOTH;
+  srv.auth_failures = tg_config_int(cfg, "gateway_auth_failures");
+  return 0;
 }
 
 int main(int argc, char **argv) {
@@ -206,6 +302,9 @@ int main(int argc, char **argv) {
   srv.max_connections = (int)tg_config_int(cfg, "gateway_max_connections");
   srv.pool_size = (int)tg_config_int(cfg, "gateway_pool_size");
   srv.trust_forwarded = tg_config_bool(cfg, "gateway_trust_forwarded");
+  if (header_names(cfg) != 0)
+    goto out;
+  randombytes_buf(&srv.authfail_seed, sizeof(srv.authfail_seed));
   poll_ms = (int)tg_config_int(cfg, "config_poll_interval");
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   srv.nworkers = (int)tg_config_int(cfg, "gateway_workers");
@@ -231,6 +330,41 @@ int main(int argc, char **argv) {
     fail(p.field, p.detail);
     goto out;
   }
+  for (;;) {
+    int64_t before = start_seq;
+    if (tg_store_changes(store, start_seq, 10000, skip_change, NULL, &start_seq, NULL) != TG_OK ||
+        start_seq == before)
+      break;
+  }
+  if (tg_server_secret(store, getenv("TOLLGATE_SECRET"), tg_config_str(cfg, "secret_file"), true,
+                       &srv.secret, &p)) {
+    fail(p.field, p.detail);
+    goto out;
+  }
+  const char *test_now = getenv("TOLLGATE_TEST_NOW");
+  if (test_now && *test_now) {
+    char *end;
+    long long ms = strtoll(test_now, &end, 10);
+    if (*end || ms <= 0) {
+      fail("TOLLGATE_TEST_NOW", "must be unix time in milliseconds");
+      goto out;
+    }
+    srv.clock_offset_ms = ms - gw_wall_ms(&srv);
+    tg_log(TG_LOG_WARN, "wall clock moved for tests (TOLLGATE_TEST_NOW)", "now", test_now, NULL);
+  }
+  if (!(srv.policy = gw_policy_new(gw_workers_min_epoch, &srv))) {
+    fail(NULL, "out of memory");
+    goto out;
+  }
+  int64_t t0 = tg_now_ms();
+  if (gw_policy_load(srv.policy, store, gw_wall_ms(&srv) / 1000, err, sizeof(err)) != 0) {
+    fail(NULL, err);
+    goto out;
+  }
+  char nk[24], took[24];
+  snprintf(nk, sizeof(nk), "%zu", gw_policy_nkeys(srv.policy));
+  snprintf(took, sizeof(took), "%lld", (long long)(tg_now_ms() - t0));
+  tg_log(TG_LOG_INFO, "keys loaded", "keys", nk, "ms", took, NULL);
   if (reload(1) != 0) {
     fail(NULL, "cannot load the configuration from the store");
     goto out;
@@ -247,6 +381,10 @@ int main(int argc, char **argv) {
 
   if (gw_workers_start(&srv, err, sizeof(err)) != 0) {
     fail("gateway_listen", err);
+    goto out;
+  }
+  if (gw_meter_start(&srv, err, sizeof(err)) != 0) {
+    fail(NULL, err);
     goto out;
   }
   if (gw_status_start(&srv, (struct sockaddr *)&status_addr, slen, err, sizeof(err)) != 0) {
@@ -290,6 +428,7 @@ int main(int argc, char **argv) {
     break;
   }
   gw_workers_stop(&srv, tg_config_int(cfg, "drain_timeout"));
+  gw_meter_stop(&srv); /* after the workers: everything they counted is written */
   atomic_store(&config_stop, true);
   pthread_join(config_thread, NULL);
   gw_health_stop();

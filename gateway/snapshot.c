@@ -207,6 +207,8 @@ static int route_from_row(tg_store_t *store, const json_t *row, gw_route_t *r, c
   r->unhealthy_threshold = (int)json_integer_value(json_object_get(row, "unhealthy_threshold"));
   r->passive_failures = (int)json_integer_value(json_object_get(row, "passive_failures"));
   r->passive_cooldown_ms = (int)json_integer_value(json_object_get(row, "passive_cooldown_ms"));
+  r->auth_key = strcmp(str(row, "auth_mode"), "none") != 0;
+  snprintf(r->key_query_param, sizeof(r->key_query_param), "%s", str(row, "key_query_param"));
   return load_targets(store, r, err, errlen);
 oom:
   snprintf(err, errlen, "out of memory");
@@ -222,8 +224,8 @@ static int route_cmp(const void *a, const void *b) {
   return strcmp(x->slug, y->slug);
 }
 
-int gw_snapshot_load(struct tg_store *store, uint64_t gen, gw_snapshot_t **out, char *err,
-                     size_t errlen) {
+int gw_snapshot_load(struct tg_store *store, gw_policy_t *pol, uint64_t gen, gw_snapshot_t **out,
+                     char *err, size_t errlen) {
   gw_snapshot_t *snap = calloc(1, sizeof(*snap));
   char after[GW_ID_LEN + 1] = "", next[GW_ID_LEN + 1];
   *out = NULL;
@@ -256,6 +258,8 @@ int gw_snapshot_load(struct tg_store *store, uint64_t gen, gw_snapshot_t **out, 
         json_decref(rows);
         goto fail;
       }
+      snap->routes[snap->nroutes].api_no =
+          pol ? gw_policy_api_no(pol, snap->routes[snap->nroutes].api_id) : 0;
       snap->nroutes++;
     }
     json_decref(rows);

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/util.h"
 #include "gateway/gw.h"
 
 static pthread_t status_thread;
@@ -75,6 +76,33 @@ static size_t render_metrics(gw_server_t *srv, char *out, size_t cap) {
       "# TYPE tollgate_config_generation gauge\ntollgate_config_generation %llu\n"
       "# HELP tollgate_routes APIs routed.\n# TYPE tollgate_routes gauge\ntollgate_routes %d\n",
       (unsigned long long)(snap ? snap->gen : 0), snap ? snap->nroutes : 0);
+  OUT("# HELP tollgate_rejected_requests_total Requests the gateway refused itself, by reason "
+      "(not billable).\n# TYPE tollgate_rejected_requests_total counter\n");
+  for (int r = 1; r < GW_R_N; r++)
+    OUT("tollgate_rejected_requests_total{reason=\"%s\"} %llu\n", gw_reason_name((gw_reason_t)r),
+        (unsigned long long)atomic_load_explicit(&srv->rejected[r], memory_order_relaxed));
+  OUT("# HELP tollgate_api_keys API keys loaded (every status).\n# TYPE tollgate_api_keys gauge\n"
+      "tollgate_api_keys %zu\n",
+      srv->policy ? gw_policy_nkeys(srv->policy) : (size_t)0);
+  gw_meter_stats_t ms;
+  gw_meter_stats(&ms);
+  double lag = ms.last_flush_ms ? (double)(tg_now_ms() - ms.last_flush_ms) / 1000.0 : 0.0;
+  OUT("# HELP tollgate_usage_flushes_total Usage flushes written to the store.\n"
+      "# TYPE tollgate_usage_flushes_total counter\ntollgate_usage_flushes_total %llu\n"
+      "# HELP tollgate_usage_flush_failures_total Usage flushes that failed (rows kept, retried).\n"
+      "# TYPE tollgate_usage_flush_failures_total counter\n"
+      "tollgate_usage_flush_failures_total %llu\n"
+      "# HELP tollgate_usage_rows_written_total Usage rows added to the ledger.\n"
+      "# TYPE tollgate_usage_rows_written_total counter\ntollgate_usage_rows_written_total %llu\n"
+      "# HELP tollgate_usage_rows_dropped_total Usage rows dropped after a long store outage.\n"
+      "# TYPE tollgate_usage_rows_dropped_total counter\ntollgate_usage_rows_dropped_total %llu\n"
+      "# HELP tollgate_usage_pending_rows Usage rows waiting to be written.\n"
+      "# TYPE tollgate_usage_pending_rows gauge\ntollgate_usage_pending_rows %llu\n"
+      "# HELP tollgate_usage_flush_lag_seconds Time since the last successful usage flush.\n"
+      "# TYPE tollgate_usage_flush_lag_seconds gauge\ntollgate_usage_flush_lag_seconds %.3f\n",
+      (unsigned long long)ms.flushes, (unsigned long long)ms.flush_failures,
+      (unsigned long long)ms.rows_written, (unsigned long long)ms.rows_dropped,
+      (unsigned long long)ms.pending, lag);
 #undef OUT
   return n + gw_health_metrics(out + n, cap - n);
 }

@@ -136,6 +136,16 @@ struct gw_conn {
   char request_id[65];
   char path_log[256];
   char client_ip[INET6_ADDRSTRLEN];
+  /* the caller, once known (policy records live as long as the process) */
+  const gw_key_t *key;
+  gw_sub_t *sub;
+  const gw_plan_t *plan;
+  const gw_header_t *key_header; /* the header that carried the key (stripped) */
+  uint8_t reason;                /* gw_reason_t: why the gateway refused it */
+  bool admitted;                 /* passed keys, limits and quotas: forwarded */
+  bool metered;
+  bool has_verdict;
+  gw_verdict_t verdict; /* limits and quotas, for the response headers */
 };
 
 struct gw_worker {
@@ -147,6 +157,7 @@ struct gw_worker {
   int ep, lfd, tlsfd, wakefd;
   uint8_t listen_kind, tls_kind, wake_kind;
   atomic_uint_fast64_t gen; /* snapshot generation this worker holds */
+  _Atomic uint64_t epoch;   /* policy epoch this loop turn entered with */
   gw_snapshot_t *snap;
   gw_conn_t **heap;
   int nheap, capheap;
@@ -546,9 +557,13 @@ static void conn_close(gw_conn_t *c) {
   c->closing = true;
 }
 
+static void meter_request(gw_conn_t *c);
+
 static void conn_free(gw_conn_t *c) {
   gw_worker_t *w = c->w;
   timer_cancel(c);
+  if (c->status != 0)
+    meter_request(c); /* a request in flight when the connection went */
   request_release(c);
   free(c->headbuf);
   for (int i = 0; i < w->nagain; i++)
@@ -603,6 +618,52 @@ static void log_str(gw_worker_t *w, const char *s, size_t n) {
   }
 }
 
+static bool is_b62(char ch) {
+  return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+/* The request target, never with a secret in it: the value of the API's
+ * key parameter, and anything shaped like a Tollgate token wherever it
+ * is (a key sent where it is not accepted is still a key). */
+static void log_path(gw_worker_t *w, const gw_conn_t *c) {
+  const char *p = c->path_log, *end = p + strlen(p);
+  const char *qp = c->route ? c->route->key_query_param : "";
+  size_t pl = strlen(qp);
+  const char *q = strchr(p, '?');
+  while (p < end) {
+    /* a parameter named like the API's key parameter */
+    if (pl && q && p > q && (p[-1] == '?' || p[-1] == '&') && (size_t)(end - p) > pl &&
+        memcmp(p, qp, pl) == 0 && p[pl] == '=') {
+      log_str(w, p, pl + 1);
+      log_str(w, "[redacted]", 10);
+      p += pl + 1;
+      while (p < end && *p != '&')
+        p++;
+      continue;
+    }
+    static const char *const types[] = {"tg_live_", "tg_adm_", "tg_ses_"};
+    bool token = false;
+    for (size_t t = 0; t < 3 && !token; t++) {
+      size_t tl = strlen(types[t]);
+      if ((size_t)(end - p) >= tl && memcmp(p, types[t], tl) == 0) {
+        log_str(w, p, tl);
+        log_str(w, "[redacted]", 10);
+        p += tl;
+        while (p < end && is_b62(*p))
+          p++;
+        token = true;
+      }
+    }
+    if (token)
+      continue;
+    const char *e = p + 1;
+    while (e < end && *e != '&' && *e != '?' && *e != 't')
+      e++;
+    log_str(w, p, (size_t)(e - p));
+    p = e;
+  }
+}
+
 static void access_log(gw_conn_t *c) {
   gw_worker_t *w = c->w;
   if (w->srv->access_log_fd < 0)
@@ -620,12 +681,18 @@ static void access_log(gw_conn_t *c) {
   if (n < 0 || (size_t)n >= GW_LOG_BUF - w->loglen)
     return;
   w->loglen += (size_t)n;
-  log_str(w, c->path_log, strlen(c->path_log));
+  log_path(w, c);
+  gw_app_t *app =
+      c->key ? atomic_load_explicit(&((gw_key_t *)c->key)->app, memory_order_acquire) : NULL;
   n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
-               "\",\"status\":%d,\"api\":\"%s\",\"upstream\":\"%s\",\"latency_ms\":%lld,"
-               "\"bytes_in\":%lld,\"bytes_out\":%lld}\n",
-               c->status, c->route ? c->route->slug : "", c->target ? c->target->host_header : "",
-               (long long)ms, (long long)c->bytes_in, (long long)c->bytes_out);
+               "\",\"status\":%d,\"api\":\"%s\",\"app\":\"%s\",\"key_prefix\":\"%s\","
+               "\"plan\":\"%s\",\"rejected\":\"%s\",\"upstream\":\"%s\",\"target\":\"%s\","
+               "\"latency_ms\":%lld,\"bytes_in\":%lld,\"bytes_out\":%lld}\n",
+               c->status, c->route ? c->route->slug : "", app ? app->id : "",
+               c->key ? c->key->prefix : "", c->plan ? c->plan->slug : "",
+               gw_reason_name((gw_reason_t)c->reason), c->target ? c->target->host_header : "",
+               c->target ? c->target->id : "", (long long)ms, (long long)c->bytes_in,
+               (long long)c->bytes_out);
   if (n > 0 && (size_t)n < GW_LOG_BUF - w->loglen)
     w->loglen += (size_t)n;
 }
@@ -660,6 +727,9 @@ static void count_request(gw_conn_t *c) {
 static const char *status_text(int s) {
   switch (s) {
   case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 429: return "Too Many Requests";
   case 404: return "Not Found";
   case 405: return "Method Not Allowed";
   case 408: return "Request Timeout";
@@ -701,22 +771,25 @@ static const char *problem_slug(int s) {
  * Answer with application/problem+json (RFC 9457). `close_after` when the
  * stream can no longer be trusted (a framing error, an unread body).
  */
-static void respond_problem(gw_conn_t *c, int status, const char *detail, bool close_after) {
+static void respond_problem_ex(gw_conn_t *c, int status, const char *slug, const char *detail,
+                               const char *headers, const char *members, bool close_after) {
   close_after = close_after || c->w->draining;
-  char body[768];
+  char body[1024];
   int bl = snprintf(body, sizeof(body),
                     "{\"type\":\"https://tollgate.dev/problems/%s\",\"title\":\"%s\",\"status\":%d,"
-                    "\"detail\":\"%s\",\"request_id\":\"%s\"}",
-                    problem_slug(status), status_text(status), status, detail, c->request_id);
+                    "\"detail\":\"%s\",\"request_id\":\"%s\"%s}",
+                    slug, status_text(status), status, detail, c->request_id, members);
   if (bl < 0 || (size_t)bl >= sizeof(body))
     bl = (int)strlen(body);
-  char head[512];
+  char head[2048];
   int hl = snprintf(head, sizeof(head),
                     "HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
-                    "Content-Length: %d\r\nX-Request-Id: %s\r\n%s%s\r\n",
+                    "Content-Length: %d\r\nX-Request-Id: %s\r\n%s%s%s\r\n",
                     status, status_text(status), bl, c->request_id,
-                    status == 503 ? "Retry-After: 1\r\n" : "",
+                    status == 503 ? "Retry-After: 1\r\n" : "", headers,
                     close_after ? "Connection: close\r\n" : "");
+  if (hl < 0 || (size_t)hl >= sizeof(head))
+    hl = (int)strlen(head);
   if (!buf_init(&c->tx, GW_IO_BUF)) {
     conn_close(c);
     return;
@@ -734,6 +807,285 @@ static void respond_problem(gw_conn_t *c, int status, const char *detail, bool c
   }
   c->state = S_FLUSH;
   c->resp_done = true;
+}
+
+static void respond_problem(gw_conn_t *c, int status, const char *detail, bool close_after) {
+  respond_problem_ex(c, status, problem_slug(status), detail, "", "", close_after);
+}
+
+/* ---- keys, limits and quotas (policy.h), metering (meter.h) ------------------ */
+
+int64_t gw_wall_ms(const gw_server_t *srv) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + srv->clock_offset_ms;
+}
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static const char *const policy_names[GW_LIM_N] = {"second", "minute", "hour", "day", "month"};
+
+/* RateLimit-Policy/RateLimit (draft-ietf-httpapi-ratelimit-headers) for
+ * every policy / the tightest, and X-RateLimit-* for the tightest. */
+static size_t fmt_ratelimit(const gw_server_t *srv, const gw_verdict_t *v, char *out, size_t cap) {
+  size_t n = 0;
+  if (v->nstates == 0 || srv->ratelimit_headers == GW_RLH_OFF)
+    return 0;
+  const gw_limit_state_t *t = &v->states[0];
+#define OUT(...)                                                                                   \
+  do {                                                                                             \
+    int k_ = snprintf(out + n, cap - n, __VA_ARGS__);                                              \
+    if (k_ < 0 || (size_t)k_ >= cap - n)                                                           \
+      return 0;                                                                                    \
+    n += (size_t)k_;                                                                               \
+  } while (0)
+  if (srv->ratelimit_headers == GW_RLH_BOTH || srv->ratelimit_headers == GW_RLH_DRAFT) {
+    OUT("RateLimit-Policy: ");
+    for (int i = 0; i < v->nstates; i++) {
+      const gw_limit_state_t *s = &v->states[i];
+      OUT("%s\"%s\";q=%lld;w=%lld", i ? ", " : "", policy_names[s->policy], (long long)s->limit,
+          (long long)s->window_s);
+    }
+    OUT("\r\nRateLimit: \"%s\";r=%lld;t=%lld\r\n", policy_names[t->policy], (long long)t->remaining,
+        (long long)t->reset_s);
+  }
+  if (srv->ratelimit_headers == GW_RLH_BOTH || srv->ratelimit_headers == GW_RLH_LEGACY)
+    OUT("X-RateLimit-Limit: %lld\r\nX-RateLimit-Remaining: %lld\r\nX-RateLimit-Reset: %lld\r\n",
+        (long long)t->limit, (long long)t->remaining, (long long)t->reset_s);
+#undef OUT
+  return n;
+}
+
+/* Failed key attempts per client address (gw.h). */
+static _Atomic uint64_t *authfail_slot(gw_conn_t *c) {
+  gw_server_t *srv = c->w->srv;
+  uint64_t h = srv->authfail_seed;
+  for (const char *p = c->client_ip; *p; p++)
+    h = (h ^ (unsigned char)*p) * 1099511628211ull;
+  return &srv->authfail[(h ^ (h >> 32)) & (GW_AUTHFAIL_SLOTS - 1)];
+}
+
+#define AUTHFAIL_BITS 32 /* minute (low 32 bits) << 32 | failures */
+static bool auth_throttled(gw_conn_t *c, int64_t minute) {
+  gw_server_t *srv = c->w->srv;
+  if (srv->auth_failures <= 0)
+    return false;
+  uint64_t v = atomic_load_explicit(authfail_slot(c), memory_order_relaxed);
+  return (v >> AUTHFAIL_BITS) == (uint32_t)minute &&
+         (int64_t)(v & ((UINT64_C(1) << AUTHFAIL_BITS) - 1)) >= srv->auth_failures;
+}
+
+static void auth_failed(gw_conn_t *c, int64_t minute) {
+  if (c->w->srv->auth_failures <= 0)
+    return;
+  _Atomic uint64_t *slot = authfail_slot(c);
+  uint64_t v = atomic_load_explicit(slot, memory_order_relaxed), nv;
+  do {
+    uint64_t count =
+        (v >> AUTHFAIL_BITS) == (uint32_t)minute ? v & ((UINT64_C(1) << AUTHFAIL_BITS) - 1) : 0;
+    nv = (uint64_t)(uint32_t)minute << AUTHFAIL_BITS | (count + 1);
+  } while (!atomic_compare_exchange_weak_explicit(slot, &v, nv, memory_order_relaxed,
+                                                  memory_order_relaxed));
+}
+
+/* The API key of the request: the configured header, Authorization:
+ * Bearer, or the API's query parameter. */
+static bool find_key(gw_conn_t *c, const char **kt, size_t *kl) {
+  const gw_request_head_t *q = &c->req;
+  const gw_server_t *srv = c->w->srv;
+  for (unsigned i = 0; i < q->nheaders; i++) {
+    const gw_header_t *h = &q->headers[i];
+    if (gw_header_is(h, srv->key_header)) {
+      *kt = h->value;
+      *kl = h->value_len;
+      c->key_header = h;
+      return true;
+    }
+  }
+  for (unsigned i = 0; i < q->nheaders; i++) {
+    const gw_header_t *h = &q->headers[i];
+    if (gw_header_is(h, "authorization") && h->value_len > 7 &&
+        strncasecmp(h->value, "bearer ", 7) == 0) {
+      *kt = h->value + 7;
+      *kl = h->value_len - 7;
+      while (*kl > 0 && (**kt == ' ' || **kt == '\t'))
+        (*kt)++, (*kl)--;
+      c->key_header = h;
+      return true;
+    }
+  }
+  const char *pn = c->route->key_query_param;
+  size_t pl = strlen(pn);
+  if (pl && q->query) {
+    const char *p = q->query, *end = q->query + q->query_len;
+    while (p < end) {
+      const char *amp = memchr(p, '&', (size_t)(end - p));
+      const char *e = amp ? amp : end;
+      if ((size_t)(e - p) > pl && memcmp(p, pn, pl) == 0 && p[pl] == '=') {
+        *kt = p + pl + 1;
+        *kl = (size_t)(e - *kt);
+        return true;
+      }
+      p = e + 1;
+    }
+  }
+  return false;
+}
+
+static void refuse(gw_conn_t *c, int status, gw_reason_t reason, const char *slug,
+                   const char *detail, const char *headers, const char *members) {
+  c->reason = (uint8_t)reason;
+  atomic_fetch_add_explicit(&c->w->srv->rejected[reason], 1, memory_order_relaxed);
+  bool has_body = c->req.chunked || c->req.content_length > 0;
+  respond_problem_ex(c, status, slug, detail, headers, members, has_body);
+}
+
+static const char www_auth[] = "WWW-Authenticate: Bearer realm=\"tollgate\"";
+
+/*
+ * Keys, subscription, limits and quotas for c->route. Returns true when
+ * the request may go on; otherwise it has been answered (401, 403, 429).
+ */
+static bool admit(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  gw_server_t *srv = w->srv;
+  const gw_route_t *r = c->route;
+  if (!r->auth_key) {
+    c->admitted = true;
+    return true;
+  }
+  int64_t wall_ms = gw_wall_ms(srv), minute = wall_ms / 60000;
+  const char *kt = NULL;
+  size_t kl = 0;
+  char hdr[256];
+  if (!find_key(c, &kt, &kl)) {
+    snprintf(hdr, sizeof(hdr), "%s\r\n", www_auth);
+    refuse(c, 401, GW_R_MISSING_KEY, "missing-api-key",
+           "this API needs an API key (in the key header or Authorization: Bearer)", hdr, "");
+    return false;
+  }
+  if (auth_throttled(c, minute)) {
+    int64_t wait = 60 - (wall_ms / 1000) % 60;
+    snprintf(hdr, sizeof(hdr), "Retry-After: %lld\r\n", (long long)wait);
+    refuse(c, 429, GW_R_AUTH_THROTTLED, "too-many-failed-keys",
+           "too many requests with invalid keys from this address", hdr, "");
+    return false;
+  }
+  tg_token_type_t type;
+  const gw_key_t *k = NULL;
+  if (tg_token_check(kt, kl, &type, NULL) == TG_OK && type == TG_TOKEN_API_KEY) {
+    unsigned char d[TG_DIGEST_BYTES];
+    tg_token_digest(&srv->secret, kt, kl, d);
+    k = gw_policy_key(srv->policy, d);
+  }
+  int64_t exp = k ? atomic_load_explicit(&((gw_key_t *)k)->expires_at, memory_order_acquire) : 0;
+  gw_app_t *app = k ? atomic_load_explicit(&((gw_key_t *)k)->app, memory_order_acquire) : NULL;
+  if (!k || atomic_load_explicit(&((gw_key_t *)k)->status, memory_order_acquire) != GW_ST_ACTIVE ||
+      (exp != 0 && exp * 1000 <= wall_ms) || !app ||
+      atomic_load_explicit(&app->status, memory_order_acquire) == GW_ST_GONE) {
+    auth_failed(c, minute);
+    snprintf(hdr, sizeof(hdr), "%s, error=\"invalid_token\"\r\n", www_auth);
+    refuse(c, 401, GW_R_INVALID_KEY, "invalid-api-key",
+           "the API key is not valid (unknown, revoked or expired)", hdr, "");
+    return false;
+  }
+  c->key = k;
+  gw_dev_t *dev = atomic_load_explicit(&app->dev, memory_order_acquire);
+  if (atomic_load_explicit(&app->status, memory_order_acquire) != GW_ST_ACTIVE || !dev ||
+      atomic_load_explicit(&dev->status, memory_order_acquire) != GW_ST_ACTIVE) {
+    refuse(c, 403, GW_R_SUSPENDED, "access-suspended",
+           "the app or its developer account is not active", "", "");
+    return false;
+  }
+  gw_sub_t *sub = gw_policy_sub(srv->policy, app->no, r->api_no);
+  int sst = sub ? atomic_load_explicit(&sub->status, memory_order_acquire) : GW_ST_GONE;
+  if (sst == GW_ST_GONE || sst == GW_ST_PENDING) {
+    refuse(c, 403, GW_R_NOT_SUBSCRIBED, "not-subscribed",
+           sst == GW_ST_PENDING ? "the app's subscription to this API awaits approval"
+                                : "the app is not subscribed to this API",
+           "", "");
+    return false;
+  }
+  c->sub = sub;
+  c->plan = atomic_load_explicit(&sub->plan, memory_order_acquire);
+  if (sst != GW_ST_ACTIVE) {
+    refuse(c, 403, GW_R_SUSPENDED, "subscription-suspended",
+           "the app's subscription to this API is suspended", "", "");
+    return false;
+  }
+  gw_verdict_t *v = &c->verdict;
+  gw_limits_take(sub, c->plan, mono_ns(), wall_ms / 1000, v);
+  c->has_verdict = v->nstates > 0;
+  if (!v->admitted) {
+    char h[1024], m[128];
+    /* Retry-After: whole seconds, never early, with a little jitter so
+     * that refused clients do not all come back at once */
+    int64_t ra = (v->retry_after_ms + 999) / 1000;
+    if (ra < 1)
+      ra = 1;
+    ra += (int64_t)(rng_next(w) % (uint64_t)(ra / 10 + 1));
+    int hn = snprintf(h, sizeof(h), "Retry-After: %lld\r\n", (long long)ra);
+    fmt_ratelimit(srv, v, h + hn, sizeof(h) - (size_t)hn);
+    snprintf(m, sizeof(m), ",\"violated-policies\":[\"%s\"]", policy_names[v->violated]);
+    bool quota = v->violated >= GW_LIM_DAY;
+    refuse(
+        c, 429, quota ? GW_R_QUOTA : GW_R_RATE_LIMITED, quota ? "quota-exceeded" : "rate-limited",
+        quota ? "the plan's quota for this period is used up" : "the plan's rate limit is exceeded",
+        h, m);
+    return false;
+  }
+  c->admitted = true;
+  return true;
+}
+
+/* Count a finished (or abandoned) request in this worker's usage table. */
+static void meter_request(gw_conn_t *c) {
+  if (c->metered)
+    return;
+  c->metered = true;
+  gw_server_t *srv = c->w->srv;
+  gw_meter_slot_t *ms = &srv->meter[c->w->index];
+  if (!ms->cur)
+    return;
+  int64_t wall = gw_wall_ms(srv) / 1000;
+  gw_meter_key_t k = {.minute = wall - wall % 60,
+                      .key = c->key,
+                      .sub = c->sub,
+                      .plan = c->plan,
+                      .api_no = c->route ? c->route->api_no : 0};
+  int status = c->status;
+  if (c->admitted) {
+    if (status < 100)
+      status = 499; /* the client left before the answer (nginx's code) */
+    k.status_class = (uint8_t)(status / 100 > 5 ? 5 : status / 100);
+  } else {
+    k.reason = c->reason ? c->reason : (status == 404 ? GW_R_NO_ROUTE : GW_R_BAD_REQUEST);
+    if (!c->reason)
+      atomic_fetch_add_explicit(&srv->rejected[k.reason], 1, memory_order_relaxed);
+  }
+  int64_t us = (now_ms() - c->started_ms) * 1000;
+  if (!gw_meter_add(ms->cur, &k, c->bytes_in, c->bytes_out, us))
+    tg_log(TG_LOG_ERROR, "usage not counted: out of memory", "request_id", c->request_id, NULL);
+}
+
+/* The metering thread asked for this worker's table: hand it over. */
+static void meter_handover(gw_worker_t *w) {
+  gw_meter_slot_t *ms = &w->srv->meter[w->index];
+  if (!atomic_load_explicit(&ms->want, memory_order_acquire) ||
+      atomic_load_explicit(&ms->out, memory_order_acquire))
+    return;
+  atomic_store_explicit(&ms->want, false, memory_order_relaxed);
+  if (!ms->cur || ms->cur->n == 0)
+    return;
+  gw_meter_tab_t *fresh = atomic_exchange_explicit(&ms->spare, NULL, memory_order_acquire);
+  if (!fresh && !(fresh = gw_meter_tab_new()))
+    return; /* keep counting into the old one */
+  atomic_store_explicit(&ms->out, ms->cur, memory_order_release);
+  ms->cur = fresh;
 }
 
 /* ---- request ids and forwarded headers -------------------------------------- */
@@ -794,6 +1146,34 @@ static bool drop_request_header(const gw_request_head_t *req, const gw_header_t 
 
 /* ---- building the upstream request ------------------------------------------ */
 
+/* A client's copy of a header the gateway sets to say who is calling:
+ * never forwarded, so it cannot be forged. */
+static bool is_ident_header(const gw_server_t *srv, const gw_header_t *h) {
+  const gw_ident_headers_t *id = &srv->ident;
+  return (id->app[0] && gw_header_is(h, id->app)) ||
+         (id->developer[0] && gw_header_is(h, id->developer)) ||
+         (id->plan[0] && gw_header_is(h, id->plan)) ||
+         (id->key_prefix[0] && gw_header_is(h, id->key_prefix));
+}
+
+static bool put_header(gw_buf_t *b, const char *name, const char *v, size_t vl);
+
+static bool put_ident_headers(gw_conn_t *c, gw_buf_t *b) {
+  const gw_ident_headers_t *id = &c->w->srv->ident_names;
+  gw_app_t *app = atomic_load_explicit(&((gw_key_t *)c->key)->app, memory_order_acquire);
+  gw_dev_t *dev = app ? atomic_load_explicit(&app->dev, memory_order_acquire) : NULL;
+  bool ok = true;
+  if (id->app[0] && app)
+    ok = ok && put_header(b, id->app, app->id, strlen(app->id));
+  if (id->developer[0] && dev)
+    ok = ok && put_header(b, id->developer, dev->id, strlen(dev->id));
+  if (id->plan[0] && c->plan)
+    ok = ok && put_header(b, id->plan, c->plan->slug, strlen(c->plan->slug));
+  if (id->key_prefix[0])
+    ok = ok && put_header(b, id->key_prefix, c->key->prefix, strlen(c->key->prefix));
+  return ok;
+}
+
 static bool put_header(gw_buf_t *b, const char *name, const char *v, size_t vl) {
   return buf_puts(b, name) && buf_put(b, ": ", 2) && buf_put(b, v, vl) && buf_put(b, "\r\n", 2);
 }
@@ -821,8 +1201,24 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
   if (restlen == 0 || rest[0] != '/')
     ok = ok && buf_put(b, "/", 1);
   ok = ok && buf_put(b, rest, restlen);
-  if (q->query)
+  if (q->query && c->key && c->w->srv->strip_key && !c->key_header && r->key_query_param[0]) {
+    /* the key came in the query: forward the other parameters only */
+    const char *p = q->query, *end = q->query + q->query_len;
+    size_t pl = strlen(r->key_query_param);
+    bool first = true;
+    while (ok && p <= end) {
+      const char *amp = memchr(p, '&', (size_t)(end - p));
+      const char *e = amp ? amp : end;
+      bool is_key = (size_t)(e - p) > pl && memcmp(p, r->key_query_param, pl) == 0 && p[pl] == '=';
+      if (!is_key && e > p) {
+        ok = buf_put(b, first ? "?" : "&", 1) && buf_put(b, p, (size_t)(e - p));
+        first = false;
+      }
+      p = e + 1;
+    }
+  } else if (q->query) {
     ok = ok && buf_put(b, "?", 1) && buf_put(b, q->query, q->query_len);
+  }
   ok = ok && buf_puts(b, " HTTP/1.1\r\n");
   const gw_header_t *host = q->host >= 0 ? &q->headers[q->host] : NULL;
   const gw_header_t *xff = NULL, *via = NULL;
@@ -837,11 +1233,14 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
       xff = h;
     if (gw_header_is(h, "via") && !hop)
       via = h;
-    if (drop_request_header(q, h, c->w->srv->trust_forwarded))
+    if (drop_request_header(q, h, c->w->srv->trust_forwarded) || is_ident_header(c->w->srv, h) ||
+        (h == c->key_header && c->w->srv->strip_key))
       continue;
     ok = buf_put(b, h->name, h->name_len) && buf_put(b, ": ", 2) &&
          buf_put(b, h->value, h->value_len) && buf_put(b, "\r\n", 2);
   }
+  if (ok && c->key) /* who is calling, for the upstream */
+    ok = put_ident_headers(c, b);
   ok = ok && put_header(b, "Host", t->host_header, strlen(t->host_header));
   /* X-Forwarded-*: appended to a trusted proxy's, else ours alone */
   if (ok && c->w->srv->trust_forwarded && xff) {
@@ -950,6 +1349,7 @@ static bool client_flush(gw_conn_t *c) {
 
 static void request_done(gw_conn_t *c) {
   count_request(c);
+  meter_request(c);
   access_log(c);
   request_release(c);
   c->method_name = NULL;
@@ -1306,6 +1706,11 @@ static void parse_response_head(gw_conn_t *c) {
   else if (ok)
     ok = buf_puts(b, "Via: 1.1 tollgate\r\n");
   ok = ok && put_header(b, "X-Request-Id", c->request_id, strlen(c->request_id));
+  if (ok && c->has_verdict) {
+    char rlh[1024];
+    size_t rn = fmt_ratelimit(c->w->srv, &c->verdict, rlh, sizeof(rlh));
+    ok = buf_put(b, rlh, rn);
+  }
   if (c->resp_mode == 1 || (!has_body && rh.content_length >= 0 && c->method == GW_HEAD)) {
     char cl[32];
     n = (int)fmt_dec(cl, (uint64_t)rh.content_length);
@@ -1406,6 +1811,12 @@ static void start_request(gw_conn_t *c) {
       return;
     }
     c->started_ms = w->now;
+    c->key = NULL;
+    c->sub = NULL;
+    c->plan = NULL;
+    c->key_header = NULL;
+    c->reason = GW_R_NONE;
+    c->admitted = c->metered = c->has_verdict = false;
     c->bytes_in = 0; /* counted below: the head, then body bytes as they arrive */
     c->bytes_out = 0;
     c->request_id[0] = '\0';
@@ -1490,6 +1901,8 @@ static void start_request(gw_conn_t *c) {
       respond_problem(c, 413, "the request body exceeds this API's limit", true);
       return;
     }
+    if (!admit(c))
+      return;
     c->retries_left = c->route->retries;
     c->target = pick_target(w, c->route, NULL);
     if (!c->target) {
@@ -1850,6 +2263,8 @@ static void *worker_main(void *arg) {
     if (snap != w->snap)
       w->snap = snap;
     publish_gen(w);
+    atomic_store(&w->epoch, gw_policy_epoch(srv->policy));
+    meter_handover(w);
     if (atomic_load_explicit(&srv->stopping, memory_order_relaxed) && !w->draining) {
       w->draining = true;
       /* idle keep-alive connections have nothing in flight: close them now */
@@ -1972,6 +2387,8 @@ static void *worker_main(void *arg) {
     log_flush(w);
   }
   log_flush(w);
+  /* what this worker counted now belongs to gw_meter_stop */
+  atomic_store(&srv->meter[w->index].exited, true);
   return NULL;
 }
 
@@ -2021,6 +2438,10 @@ int gw_workers_start(gw_server_t *srv, char *err, size_t errlen) {
     srv->workers[i] = w;
     w->srv = srv;
     w->index = i;
+    if (!(srv->meter[i].cur = gw_meter_tab_new())) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
     w->listen_kind = K_LISTEN;
     w->tls_kind = K_LISTEN_TLS;
     w->wake_kind = K_WAKE;
@@ -2077,6 +2498,30 @@ void gw_stats_sum(gw_server_t *srv, gw_stats_t *out) {
 #undef SUM
   atomic_store(&out->connections_open, atomic_load(&srv->stats.connections_open));
   atomic_store(&out->connections_total, atomic_load(&srv->stats.connections_total));
+}
+
+uint64_t gw_workers_min_epoch(void *arg) {
+  gw_server_t *srv = arg;
+  uint64_t min = UINT64_MAX;
+  for (int i = 0; i < srv->nworkers; i++) {
+    gw_worker_t *w = srv->workers[i];
+    if (!w || atomic_load(&srv->meter[i].exited))
+      continue;
+    uint64_t e = atomic_load(&w->epoch);
+    if (e < min)
+      min = e;
+  }
+  return min;
+}
+
+void gw_workers_wake(gw_server_t *srv) {
+  for (int i = 0; i < srv->nworkers; i++) {
+    uint64_t one = 1;
+    if (srv->workers[i]) {
+      ssize_t r = write(srv->workers[i]->wakefd, &one, sizeof(one));
+      (void)r;
+    }
+  }
 }
 
 uint64_t gw_workers_min_gen(gw_server_t *srv) {

@@ -61,6 +61,42 @@ for plan in \
   curl -sS -o /dev/null "${auth[@]}" "$admin/plans" -d "$body" || true
 done
 
+# A demo developer with an app subscribed to the free plan, and a new key
+# for it (keys are shown once: every start issues one).
+demo_key=$(python3 - "$admin" "$token" "$api_id" <<'PY'
+import json, sys, urllib.request, urllib.error
+admin, token, api_id = sys.argv[1:4]
+def call(method, path, body=None):
+    req = urllib.request.Request(admin + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Bearer " + token,
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+def find(path, **match):
+    _, page = call("GET", path)
+    for row in page["data"]:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+dev = find("/developers?limit=1000", email="demo@example.com")
+if not dev:
+    _, dev = call("POST", "/developers", {"email": "demo@example.com", "name": "Demo Developer"})
+if dev["status"] == "pending":
+    call("POST", "/developers/%s/approve" % dev["id"])
+app = find("/apps?developer_id=%s" % dev["id"], name="Demo app")
+if not app:
+    _, app = call("POST", "/apps", {"developer_id": dev["id"], "name": "Demo app"})
+plan = find("/plans?api_id=%s" % api_id, slug="free")
+call("POST", "/subscriptions", {"app_id": app["id"], "api_id": api_id, "plan_id": plan["id"]})
+_, key = call("POST", "/keys", {"app_id": app["id"], "name": "quickstart"})
+print(key["key"])
+PY
+)
+
 build/gateway/tollgate-gateway --log-format text &
 gateway=$!
 gw=http://$TOLLGATE_GATEWAY_LISTEN
@@ -77,7 +113,8 @@ Tollgate is running.
               (shown once; more with: $cli admin-token create --name NAME --scopes read,write)
   Try         curl -H "Authorization: Bearer $token" $admin/apis
   Gateway     $gw   (status: http://127.0.0.1:8100/health, /metrics)
-  Call it     curl $gw/demo/echo
+  Call it     curl -H "X-API-Key: $demo_key" $gw/demo/echo
+              (the demo developer's key, free plan: 5 calls/s, 1000/day)
   Database    $TOLLGATE_DB_PATH
 
 Press Ctrl-C to stop.

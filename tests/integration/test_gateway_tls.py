@@ -79,7 +79,8 @@ class Box:
             aid = 'api_01TTEST' + '0' * 19
             tid = 'tgt_01TTEST' + '0' * 19
             con.execute("INSERT INTO apis (id, slug, name, path_prefix, strip_prefix, "
-                        "created_at, updated_at) VALUES (?, ?, ?, '/sec', 1, 1, 1)",
+                        "auth_mode, created_at, updated_at) "
+                        "VALUES (?, ?, ?, '/sec', 1, 'none', 1, 1)",
                         (aid, slug, slug))
             con.execute("INSERT INTO targets (id, api_id, url, created_at, updated_at) "
                         "VALUES (?, ?, ?, 1, 1)", (tid, aid, url))

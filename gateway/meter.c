@@ -1,0 +1,418 @@
+/*
+ * meter.c - per-worker usage tables and the metering thread (see meter.h).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/log.h"
+#include "core/store.h"
+#include "core/util.h"
+#include "gateway/gw.h"
+#include "gateway/meter.h"
+
+static const char *const reason_names[GW_R_N] = {
+    [GW_R_NONE] = "",
+    [GW_R_MISSING_KEY] = "missing_key",
+    [GW_R_INVALID_KEY] = "invalid_key",
+    [GW_R_AUTH_THROTTLED] = "auth_throttled",
+    [GW_R_NOT_SUBSCRIBED] = "not_subscribed",
+    [GW_R_SUSPENDED] = "suspended",
+    [GW_R_RATE_LIMITED] = "rate_limited",
+    [GW_R_QUOTA] = "quota_exceeded",
+    [GW_R_NO_ROUTE] = "no_route",
+    [GW_R_BAD_REQUEST] = "bad_request",
+};
+
+const char *gw_reason_name(gw_reason_t r) {
+  return r < GW_R_N ? reason_names[r] : "";
+}
+
+/* ---- tables ------------------------------------------------------------------ */
+
+gw_meter_tab_t *gw_meter_tab_new(void) {
+  gw_meter_tab_t *t = calloc(1, sizeof(*t));
+  if (!t)
+    return NULL;
+  t->cap = 64;
+  if (!(t->cells = calloc(t->cap, sizeof(*t->cells)))) {
+    free(t);
+    return NULL;
+  }
+  return t;
+}
+
+void gw_meter_tab_free(gw_meter_tab_t *t) {
+  if (t) {
+    free(t->cells);
+    free(t);
+  }
+}
+
+void gw_meter_tab_clear(gw_meter_tab_t *t) {
+  if (t->n) {
+    memset(t->cells, 0, t->cap * sizeof(*t->cells));
+    t->n = 0;
+  }
+}
+
+static uint64_t mix(uint64_t h, uint64_t v) {
+  h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  return h;
+}
+
+static uint64_t key_hash(const gw_meter_key_t *k) {
+  uint64_t h = (uint64_t)k->minute;
+  h = mix(h, (uint64_t)(uintptr_t)k->key);
+  h = mix(h, (uint64_t)(uintptr_t)k->sub);
+  h = mix(h, (uint64_t)(uintptr_t)k->plan);
+  h = mix(h, (uint64_t)k->api_no << 16 | (uint64_t)k->status_class << 8 | k->reason);
+  h ^= h >> 31;
+  h *= 0x7fb5d329728ea185ull;
+  return h ^ (h >> 27);
+}
+
+static bool key_eq(const gw_meter_key_t *a, const gw_meter_key_t *b) {
+  return a->minute == b->minute && a->key == b->key && a->sub == b->sub && a->plan == b->plan &&
+         a->api_no == b->api_no && a->status_class == b->status_class && a->reason == b->reason;
+}
+
+static gw_meter_cell_t *cell_for(gw_meter_tab_t *t, const gw_meter_key_t *k) {
+  if ((t->n + 1) * 2 > t->cap) {
+    size_t cap = t->cap * 2;
+    gw_meter_cell_t *cells = calloc(cap, sizeof(*cells));
+    if (!cells)
+      return NULL;
+    for (size_t j = 0; j < t->cap; j++) {
+      if (!t->cells[j].used)
+        continue;
+      size_t i = key_hash(&t->cells[j].k) & (cap - 1);
+      while (cells[i].used)
+        i = (i + 1) & (cap - 1);
+      cells[i] = t->cells[j];
+    }
+    free(t->cells);
+    t->cells = cells;
+    t->cap = cap;
+  }
+  size_t i = key_hash(k) & (t->cap - 1);
+  while (t->cells[i].used) {
+    if (key_eq(&t->cells[i].k, k))
+      return &t->cells[i];
+    i = (i + 1) & (t->cap - 1);
+  }
+  t->cells[i].used = true;
+  t->cells[i].k = *k;
+  t->n++;
+  return &t->cells[i];
+}
+
+/* Bucket upper bounds in ms, as the ledger's h00..h13 (h14: above). */
+static const int64_t bucket_ms[TG_USAGE_BUCKETS - 1] = {5,   10,  25,   50,   75,   100,  250,
+                                                        500, 750, 1000, 2500, 5000, 7500, 10000};
+
+int gw_meter_bucket(int64_t latency_us) {
+  for (int i = 0; i < TG_USAGE_BUCKETS - 1; i++)
+    if (latency_us <= bucket_ms[i] * 1000)
+      return i;
+  return TG_USAGE_BUCKETS - 1;
+}
+
+bool gw_meter_add(gw_meter_tab_t *t, const gw_meter_key_t *k, int64_t bytes_in, int64_t bytes_out,
+                  int64_t latency_us) {
+  gw_meter_cell_t *c = cell_for(t, k);
+  if (!c)
+    return false;
+  if (latency_us < 0)
+    latency_us = 0;
+  c->calls++;
+  c->bytes_in += bytes_in;
+  c->bytes_out += bytes_out;
+  c->latency_us += latency_us;
+  c->h[gw_meter_bucket(latency_us)]++;
+  return true;
+}
+
+bool gw_meter_merge(gw_meter_tab_t *dst, const gw_meter_tab_t *src) {
+  for (size_t j = 0; j < src->cap; j++) {
+    const gw_meter_cell_t *s = &src->cells[j];
+    if (!s->used)
+      continue;
+    gw_meter_cell_t *d = cell_for(dst, &s->k);
+    if (!d)
+      return false;
+    d->calls += s->calls;
+    d->bytes_in += s->bytes_in;
+    d->bytes_out += s->bytes_out;
+    d->latency_us += s->latency_us;
+    for (int b = 0; b < TG_USAGE_BUCKETS; b++)
+      d->h[b] += s->h[b];
+  }
+  return true;
+}
+
+/* ---- the metering thread -------------------------------------------------------- */
+
+static struct {
+  gw_server_t *srv;
+  tg_store_t *store;
+  pthread_t thread;
+  pthread_mutex_t lock; /* stop flag and stats */
+  pthread_cond_t cond;
+  bool stop, running;
+  gw_meter_tab_t *pending;
+  gw_meter_stats_t stats;
+  bool failing; /* the last flush failed: log recovery once */
+} m = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+void gw_meter_stats(gw_meter_stats_t *out) {
+  pthread_mutex_lock(&m.lock);
+  *out = m.stats;
+  pthread_mutex_unlock(&m.lock);
+}
+
+/* Take what workers handed over (or, once they have exited, what they
+ * hold) into the pending table. */
+static void collect(bool workers_gone) {
+  gw_server_t *srv = m.srv;
+  for (int i = 0; i < srv->nworkers; i++) {
+    gw_meter_slot_t *ms = &srv->meter[i];
+    gw_meter_tab_t *t = atomic_exchange_explicit(&ms->out, NULL, memory_order_acquire);
+    if (t) {
+      if (!gw_meter_merge(m.pending, t))
+        tg_log(TG_LOG_ERROR, "usage counters lost: out of memory", NULL);
+      gw_meter_tab_clear(t);
+      gw_meter_tab_t *none = NULL;
+      if (!atomic_compare_exchange_strong(&ms->spare, &none, t))
+        gw_meter_tab_free(t);
+    }
+    if (workers_gone && ms->cur) {
+      if (!gw_meter_merge(m.pending, ms->cur))
+        tg_log(TG_LOG_ERROR, "usage counters lost: out of memory", NULL);
+      gw_meter_tab_clear(ms->cur);
+    }
+  }
+}
+
+/* Keep pending rows bounded while the store is unavailable. */
+static void bound_pending(void) {
+  int64_t max = tg_config_int(m.srv->cfg, "metering_max_pending");
+  while ((int64_t)m.pending->n > max) {
+    int64_t oldest = INT64_MAX;
+    for (size_t i = 0; i < m.pending->cap; i++)
+      if (m.pending->cells[i].used && m.pending->cells[i].k.minute < oldest)
+        oldest = m.pending->cells[i].k.minute;
+    gw_meter_tab_t *keep = gw_meter_tab_new();
+    if (!keep)
+      return;
+    uint64_t dropped = 0, calls = 0;
+    for (size_t i = 0; i < m.pending->cap; i++) {
+      gw_meter_cell_t *c = &m.pending->cells[i];
+      if (!c->used)
+        continue;
+      if (c->k.minute == oldest) {
+        dropped++;
+        calls += (uint64_t)c->calls;
+        continue;
+      }
+      gw_meter_tab_t one = {c, 1, 1};
+      gw_meter_merge(keep, &one);
+    }
+    gw_meter_tab_free(m.pending);
+    m.pending = keep;
+    char a[24], b[24], c[24];
+    snprintf(a, sizeof(a), "%llu", (unsigned long long)dropped);
+    snprintf(b, sizeof(b), "%llu", (unsigned long long)calls);
+    snprintf(c, sizeof(c), "%lld", (long long)oldest);
+    tg_log(TG_LOG_ERROR, "usage rows dropped: the store has been unavailable too long", "rows", a,
+           "calls", b, "minute", c, NULL);
+    pthread_mutex_lock(&m.lock);
+    m.stats.rows_dropped += dropped;
+    pthread_mutex_unlock(&m.lock);
+  }
+}
+
+typedef struct row_ids {
+  char api[GW_POL_ID_LEN + 1];
+} row_ids_t;
+
+/* Write pending rows in one transaction. true: written (or nothing to). */
+static bool flush(void) {
+  size_t n = m.pending->n;
+  if (n == 0)
+    return true;
+  tg_usage_row_t *rows = calloc(n, sizeof(*rows));
+  row_ids_t *ids = calloc(n, sizeof(*ids));
+  const gw_meter_cell_t **src = calloc(n, sizeof(*src));
+  if (!rows || !ids || !src) {
+    free(rows);
+    free(ids);
+    free(src);
+    return false;
+  }
+  size_t r = 0;
+  for (size_t i = 0; i < m.pending->cap; i++) {
+    const gw_meter_cell_t *c = &m.pending->cells[i];
+    if (!c->used)
+      continue;
+    tg_usage_row_t *u = &rows[r];
+    const gw_key_t *k = c->k.key;
+    const gw_app_t *app =
+        k ? atomic_load_explicit(&((gw_key_t *)k)->app, memory_order_acquire) : NULL;
+    const gw_dev_t *dev =
+        app ? atomic_load_explicit(&((gw_app_t *)app)->dev, memory_order_acquire) : NULL;
+    gw_policy_api_id(m.srv->policy, c->k.api_no, ids[r].api);
+    u->granularity = 60;
+    u->period_start = c->k.minute;
+    u->key_id = k ? k->id : "";
+    u->app_id = app ? app->id : "";
+    u->developer_id = dev ? dev->id : "";
+    u->api_id = ids[r].api;
+    u->plan_id = c->k.plan ? c->k.plan->id : "";
+    u->subscription_id = c->k.sub ? c->k.sub->id : "";
+    u->status_class = c->k.status_class;
+    u->reason = gw_reason_name((gw_reason_t)c->k.reason);
+    u->calls = c->calls;
+    u->bytes_in = c->bytes_in;
+    u->bytes_out = c->bytes_out;
+    u->latency_us_sum = c->latency_us;
+    memcpy(u->h, c->h, sizeof(u->h));
+    src[r] = c;
+    r++;
+  }
+  tg_problem_t p;
+  tg_problem_clear(&p);
+  int rc = tg_store_usage_add(m.store, rows, r, &p);
+  if (rc == TG_OK) {
+    /* keys' last_used_day: written once per key and day, outside the hot
+     * transaction (bookkeeping, not a change of the key) */
+    for (size_t i = 0; i < r; i++) {
+      gw_key_t *k = (gw_key_t *)src[i]->k.key;
+      int64_t day = src[i]->k.minute - src[i]->k.minute % 86400;
+      if (k && src[i]->k.status_class > 0 &&
+          atomic_load_explicit(&k->last_used_day, memory_order_relaxed) < day) {
+        tg_problem_t q;
+        tg_problem_clear(&q);
+        if (tg_store_touch(m.store, TG_ENT_KEY, k->id, "last_used_day", day, &q) == TG_OK)
+          atomic_store_explicit(&k->last_used_day, day, memory_order_relaxed);
+      }
+    }
+  }
+  free(rows);
+  free(ids);
+  free(src);
+  pthread_mutex_lock(&m.lock);
+  if (rc == TG_OK) {
+    m.stats.flushes++;
+    m.stats.rows_written += r;
+    m.stats.last_flush_ms = tg_now_ms();
+  } else {
+    m.stats.flush_failures++;
+  }
+  pthread_mutex_unlock(&m.lock);
+  if (rc != TG_OK) {
+    if (!m.failing) {
+      char nb[24];
+      snprintf(nb, sizeof(nb), "%zu", r);
+      tg_log(TG_LOG_WARN, "usage flush failed; counters kept, retrying", "error", p.detail,
+             "pending_rows", nb, NULL);
+    }
+    m.failing = true;
+    bound_pending();
+    return false;
+  }
+  if (m.failing)
+    tg_log(TG_LOG_INFO, "usage flush recovered", NULL);
+  m.failing = false;
+  gw_meter_tab_clear(m.pending);
+  return true;
+}
+
+static void ask_workers(void) {
+  gw_server_t *srv = m.srv;
+  for (int i = 0; i < srv->nworkers; i++)
+    atomic_store_explicit(&srv->meter[i].want, true, memory_order_release);
+  gw_workers_wake(srv);
+}
+
+static void *meter_main(void *arg) {
+  (void)arg;
+  int64_t interval = tg_config_int(m.srv->cfg, "metering_interval");
+  pthread_mutex_lock(&m.lock);
+  while (!m.stop) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t ns = ts.tv_nsec + (interval % 1000) * 1000000;
+    ts.tv_sec += interval / 1000 + ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    pthread_cond_timedwait(&m.cond, &m.lock, &ts);
+    if (m.stop)
+      break;
+    pthread_mutex_unlock(&m.lock);
+    collect(false);
+    flush();
+    pthread_mutex_lock(&m.lock);
+    m.stats.pending = m.pending->n;
+    pthread_mutex_unlock(&m.lock);
+    ask_workers();
+    pthread_mutex_lock(&m.lock);
+  }
+  pthread_mutex_unlock(&m.lock);
+  return NULL;
+}
+
+int gw_meter_start(gw_server_t *srv, char *err, size_t errlen) {
+  m.srv = srv;
+  tg_problem_t p;
+  tg_problem_clear(&p);
+  tg_store_options_t opt = {
+      .path = tg_config_str(srv->cfg, "db_path"),
+      .busy_timeout_ms = 200, /* short: a locked store must not delay the next turn */
+      .mode = TG_STORE_OPEN_CURRENT,
+  };
+  if (tg_store_open(&opt, &m.store, NULL, NULL, &p) != TG_OK) {
+    snprintf(err, errlen, "metering: cannot open the store: %s", p.detail);
+    return -1;
+  }
+  if (!(m.pending = gw_meter_tab_new())) {
+    snprintf(err, errlen, "metering: out of memory");
+    return -1;
+  }
+  m.stop = false;
+  if (pthread_create(&m.thread, NULL, meter_main, NULL) != 0) {
+    snprintf(err, errlen, "metering: cannot start its thread");
+    return -1;
+  }
+  m.running = true;
+  return 0;
+}
+
+void gw_meter_stop(gw_server_t *srv) {
+  (void)srv;
+  if (!m.running)
+    return;
+  pthread_mutex_lock(&m.lock);
+  m.stop = true;
+  pthread_cond_signal(&m.cond);
+  pthread_mutex_unlock(&m.lock);
+  pthread_join(m.thread, NULL);
+  m.running = false;
+  /* the workers have exited: everything they counted is ours now */
+  collect(true);
+  for (int attempt = 0; attempt < 50 && !flush(); attempt++) {
+    struct timespec ts = {0, 100000000};
+    nanosleep(&ts, NULL);
+  }
+  if (m.pending->n) {
+    char nb[24];
+    snprintf(nb, sizeof(nb), "%zu", m.pending->n);
+    tg_log(TG_LOG_ERROR, "usage rows not written at stop: the store stayed unavailable", "rows", nb,
+           NULL);
+  }
+  gw_meter_tab_free(m.pending);
+  m.pending = NULL;
+  tg_store_close(m.store);
+  m.store = NULL;
+}

@@ -1,0 +1,96 @@
+/*
+ * meter.h - exact usage metering.
+ *
+ * Each worker counts the requests it finishes in its own table, keyed by
+ * (minute, key, subscription, plan, API, status class, reason), with
+ * bytes both ways, the latency sum and a histogram; no locks, no sharing.
+ * Once per metering_interval the metering thread asks every worker for
+ * its table (the worker hands it over at the top of its next loop turn
+ * and carries on with an empty one), merges them into its pending rows
+ * and writes those to the usage ledger in one transaction
+ * (tg_store_usage_add). If the store cannot be written (locked, gone),
+ * the rows stay pending and the next turn tries again; pending rows are
+ * bounded (metering_max_pending: the oldest minute is dropped, logged).
+ *
+ * Stop: after the workers have drained and exited, gw_meter_stop takes
+ * what they still hold and flushes it, so after SIGTERM the ledger holds
+ * exactly the requests served. A SIGKILL loses at most one interval.
+ */
+#ifndef GW_METER_H
+#define GW_METER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/store.h"
+#include "gateway/policy.h"
+
+/* Why the gateway refused a request itself (status class 0). */
+typedef enum gw_reason {
+  GW_R_NONE = 0, /* forwarded: the status class tells the rest */
+  GW_R_MISSING_KEY,
+  GW_R_INVALID_KEY,
+  GW_R_AUTH_THROTTLED,
+  GW_R_NOT_SUBSCRIBED,
+  GW_R_SUSPENDED,
+  GW_R_RATE_LIMITED,
+  GW_R_QUOTA,
+  GW_R_NO_ROUTE,
+  GW_R_BAD_REQUEST, /* malformed or over a limit: 400, 405, 408, 411, 413, 414, 431, 501 */
+  GW_R_N,
+} gw_reason_t;
+
+const char *gw_reason_name(gw_reason_t r); /* as stored: "invalid_key", ... */
+
+typedef struct gw_meter_key {
+  int64_t minute; /* period start, unix seconds */
+  const gw_key_t *key;
+  const gw_sub_t *sub;
+  const gw_plan_t *plan;
+  uint32_t api_no; /* 0: no API */
+  uint8_t status_class;
+  uint8_t reason;
+} gw_meter_key_t;
+
+typedef struct gw_meter_cell {
+  gw_meter_key_t k;
+  bool used;
+  int64_t calls, bytes_in, bytes_out, latency_us;
+  int64_t h[TG_USAGE_BUCKETS];
+} gw_meter_cell_t;
+
+typedef struct gw_meter_tab {
+  gw_meter_cell_t *cells;
+  size_t cap, n;
+} gw_meter_tab_t;
+
+gw_meter_tab_t *gw_meter_tab_new(void);
+void gw_meter_tab_free(gw_meter_tab_t *t);
+void gw_meter_tab_clear(gw_meter_tab_t *t);
+
+/* Count one finished request (a worker, on its own table). false: out of
+ * memory (the request is not counted; logged by the caller). */
+bool gw_meter_add(gw_meter_tab_t *t, const gw_meter_key_t *k, int64_t bytes_in, int64_t bytes_out,
+                  int64_t latency_us);
+
+/* Merge src into dst (metering thread). */
+bool gw_meter_merge(gw_meter_tab_t *dst, const gw_meter_tab_t *src);
+
+/* Histogram bucket of a latency (OpenTelemetry HTTP buckets, in ms). */
+int gw_meter_bucket(int64_t latency_us);
+
+struct gw_server;
+/* The metering thread (started after the workers) and the final flush
+ * (after they have exited). */
+int gw_meter_start(struct gw_server *srv, char *err, size_t errlen);
+void gw_meter_stop(struct gw_server *srv);
+
+/* For /metrics. */
+typedef struct gw_meter_stats {
+  uint64_t flushes, flush_failures, rows_written, rows_dropped;
+  uint64_t pending;
+  int64_t last_flush_ms; /* wall clock of the last successful flush, 0: none */
+} gw_meter_stats_t;
+void gw_meter_stats(gw_meter_stats_t *out);
+
+#endif
