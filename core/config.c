@@ -322,6 +322,13 @@ const tg_cfg_key_t tg_config_keys[] = {
                 "limit)",
     },
     {
+        .name = "metering",
+        .type = TG_CFG_BOOL,
+        .def = "true",
+        .help = "count every request into the usage ledger (off: nothing is recorded, so quotas "
+                "start from zero at each restart; for pure proxies and benchmarks)",
+    },
+    {
         .name = "metering_interval",
         .type = TG_CFG_DURATION,
         .def = "1s",

@@ -198,6 +198,7 @@ typedef struct gw_server {
   atomic_bool ready; /* a snapshot is loaded */
   /* issue 5: keys, limits, metering */
   gw_policy_t *policy;
+  bool metering; /* config "metering" */
   gw_meter_slot_t meter[GW_MAX_WORKERS];
   char key_header[128];
   bool strip_key;

@@ -236,6 +236,7 @@ static int header_names(const tg_config_t *cfg) {
                           : strcmp(rl, "off") == 0    ? GW_RLH_OFF
                                                       : GW_RLH_BOTH;
   srv.auth_failures = tg_config_int(cfg, "gateway_auth_failures");
+  srv.metering = tg_config_bool(cfg, "metering");
   return 0;
 }
 
@@ -383,7 +384,7 @@ int main(int argc, char **argv) {
     fail("gateway_listen", err);
     goto out;
   }
-  if (gw_meter_start(&srv, err, sizeof(err)) != 0) {
+  if (srv.metering && gw_meter_start(&srv, err, sizeof(err)) != 0) {
     fail(NULL, err);
     goto out;
   }

@@ -1049,7 +1049,7 @@ static void meter_request(gw_conn_t *c) {
   c->metered = true;
   gw_server_t *srv = c->w->srv;
   gw_meter_slot_t *ms = &srv->meter[c->w->index];
-  if (!ms->cur)
+  if (!ms->cur) /* metering = off */
     return;
   int64_t wall = gw_wall_ms(srv) / 1000;
   gw_meter_key_t k = {.minute = wall - wall % 60,
@@ -2438,7 +2438,7 @@ int gw_workers_start(gw_server_t *srv, char *err, size_t errlen) {
     srv->workers[i] = w;
     w->srv = srv;
     w->index = i;
-    if (!(srv->meter[i].cur = gw_meter_tab_new())) {
+    if (srv->metering && !(srv->meter[i].cur = gw_meter_tab_new())) {
       snprintf(err, errlen, "out of memory");
       return -1;
     }
