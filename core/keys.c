@@ -161,8 +161,9 @@ int tg_keys_init(void) {
   return sodium_init() < 0 ? TG_ESECRET : TG_OK;
 }
 
-int tg_token_generate(tg_token_type_t type, const tg_secret_t *secret, char *text, char *prefix,
-                      unsigned char digest[TG_DIGEST_BYTES]) {
+int tg_token_compose(tg_token_type_t type, const char body[TG_KEY_BODY_LEN],
+                     const tg_secret_t *secret, char *text, char *prefix,
+                     unsigned char digest[TG_DIGEST_BYTES]) {
   const struct token_kind *kind = NULL;
   size_t n;
 
@@ -170,6 +171,9 @@ int tg_token_generate(tg_token_type_t type, const tg_secret_t *secret, char *tex
     if (token_kinds[i].type == type)
       kind = &token_kinds[i];
   }
+  for (size_t i = 0; kind && i < TG_KEY_BODY_LEN; i++)
+    if (!is_base62((unsigned char)body[i]))
+      kind = NULL;
   if (!kind) {
     text[0] = '\0';
     prefix[0] = '\0';
@@ -178,7 +182,7 @@ int tg_token_generate(tg_token_type_t type, const tg_secret_t *secret, char *tex
 
   memcpy(text, kind->text, kind->len);
   n = kind->len;
-  random_base62(text + n, TG_KEY_BODY_LEN);
+  memcpy(text + n, body, TG_KEY_BODY_LEN);
   n += TG_KEY_BODY_LEN;
   checksum_encode(crc32_ieee(text, n), text + n);
   n += TG_KEY_CHECKSUM_LEN;
@@ -187,6 +191,15 @@ int tg_token_generate(tg_token_type_t type, const tg_secret_t *secret, char *tex
   tg_token_prefix(text, n, prefix);
   tg_token_digest(secret, text, n, digest);
   return TG_OK;
+}
+
+int tg_token_generate(tg_token_type_t type, const tg_secret_t *secret, char *text, char *prefix,
+                      unsigned char digest[TG_DIGEST_BYTES]) {
+  char body[TG_KEY_BODY_LEN];
+  random_base62(body, TG_KEY_BODY_LEN);
+  int rc = tg_token_compose(type, body, secret, text, prefix, digest);
+  sodium_memzero(body, sizeof(body));
+  return rc;
 }
 
 /*

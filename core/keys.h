@@ -74,6 +74,16 @@ int tg_token_generate(tg_token_type_t type, const tg_secret_t *secret, char *tex
                       unsigned char digest[TG_DIGEST_BYTES]);
 
 /*
+ * The token of `type` with the given 43-char base62 body (checksum added),
+ * its prefix and digest: tg_token_generate with a chosen body. For fixed
+ * fixtures (tests, fuzz seeds) only; real tokens come from the CSPRNG.
+ * TG_EINVAL for an unknown type or a body that is not base62.
+ */
+int tg_token_compose(tg_token_type_t type, const char body[TG_KEY_BODY_LEN],
+                     const tg_secret_t *secret, char *text, char *prefix,
+                     unsigned char digest[TG_DIGEST_BYTES]);
+
+/*
  * Check the shape of `text` (length `len`, not necessarily NUL-terminated):
  * known type prefix, exact length, base62 body, correct checksum. Cheap; no
  * secret involved. On success stores the type in *type (may be NULL).

@@ -8,16 +8,88 @@
  * well-formed traceparent, the same body framing, and no hop-by-hop
  * header (Connection, Keep-Alive, TE, Upgrade, Proxy-Connection, Trailer,
  * or any name the client listed in Connection).
+ *
+ * Keys: /v1 needs an API key (header, Bearer or the api_key query
+ * parameter; the seeds carry FUZZ_KEY). A request that passes admit()
+ * reaches the upstream without the key anywhere in its head and with
+ * the identity headers exactly once, the client's forged copies gone;
+ * one that does not pass is answered 401/403/429, never forwarded.
  */
 #include "../../gateway/worker.c"
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
+#include "core/store.h"
+
 static gw_server_t fsrv;
+static tg_store_t *fstore;
+static char fkey[TG_TOKEN_MAX_LEN + 1];
+static char fapp_id[32], fdev_id[32];
 static gw_worker_t fw;
 static gw_route_t froutes[2];
 static gw_target_t ftargets[2];
 static gw_snapshot_t fsnap = {.gen = 1, .routes = froutes, .nroutes = 2};
+
+static const char *created(tg_entity_t ent, json_t *fields, bool secret) {
+  json_t *row = NULL;
+  tg_problem_t p = {0};
+  if (tg_store_create(fstore, ent, fields, secret, &row, &p) != TG_OK) {
+    fprintf(stderr, "fuzz_proxy setup: %s %s\n", p.field, p.detail);
+    abort();
+  }
+  json_decref(fields);
+  static char ids[8][32];
+  static int n;
+  snprintf(ids[n], sizeof(ids[n]), "%s", json_string_value(json_object_get(row, "id")));
+  json_decref(row);
+  return ids[n++];
+}
+
+/* One API key for an app subscribed to the /v1 API, in an in-memory store. */
+static void setup_policy(void) {
+  tg_keys_init();
+  memset(&fsrv.secret, 0x11, sizeof(fsrv.secret));
+  tg_store_options_t o = {.path = ":memory:", .busy_timeout_ms = 100, .mode = TG_STORE_OPEN_MIGRATE};
+  tg_problem_t p = {0};
+  if (tg_store_open(&o, &fstore, NULL, NULL, &p) != TG_OK) {
+    fprintf(stderr, "fuzz_proxy setup: %s\n", p.detail);
+    abort();
+  }
+  const char *api = created(TG_ENT_API, json_pack("{s:s,s:s,s:s}", "slug", "v1", "name", "v1",
+                                                  "path_prefix", "/v1"), false);
+  const char *plan = created(TG_ENT_PLAN, json_pack("{s:s,s:s,s:s,s:i}", "api_id", api, "slug",
+                                                    "gold", "name", "Gold", "rate_per_second",
+                                                    1000000000), false);
+  const char *dev = created(TG_ENT_DEVELOPER, json_pack("{s:s,s:s}", "email", "f@example.com",
+                                                        "status", "active"), false);
+  const char *app = created(TG_ENT_APP, json_pack("{s:s,s:s}", "developer_id", dev, "name", "a"),
+                            false);
+  created(TG_ENT_SUBSCRIPTION,
+          json_pack("{s:s,s:s,s:s}", "app_id", app, "api_id", api, "plan_id", plan), false);
+  char prefix[TG_TOKEN_PREFIX_MAX + 1], hex[TG_DIGEST_HEX_LEN + 1];
+  unsigned char digest[TG_DIGEST_BYTES];
+  tg_token_compose(TG_TOKEN_API_KEY, "FuzzKeyFuzzKeyFuzzKeyFuzzKeyFuzzKeyFuzzKey0", &fsrv.secret,
+                   fkey, prefix, digest);
+  sodium_bin2hex(hex, sizeof(hex), digest, sizeof(digest));
+  created(TG_ENT_KEY, json_pack("{s:s,s:s,s:s}", "app_id", app, "prefix", prefix, "digest", hex),
+          true);
+  snprintf(fapp_id, sizeof(fapp_id), "%s", app);
+  snprintf(fdev_id, sizeof(fdev_id), "%s", dev);
+  char err[256];
+  if (!(fsrv.policy = gw_policy_new(NULL, NULL)) ||
+      gw_policy_load(fsrv.policy, fstore, 1795694400, err, sizeof(err)) != 0) {
+    fprintf(stderr, "fuzz_proxy setup: %s\n", err);
+    abort();
+  }
+  froutes[0].auth_key = true;
+  froutes[0].api_no = gw_policy_api_no(fsrv.policy, api);
+  snprintf(froutes[0].key_query_param, sizeof(froutes[0].key_query_param), "api_key");
+  snprintf(fsrv.key_header, sizeof(fsrv.key_header), "x-api-key");
+  fsrv.strip_key = true;
+  gw_ident_headers_t id = {"x-tollgate-app-id", "x-tollgate-developer-id", "x-tollgate-plan",
+                           "x-tollgate-key-prefix"};
+  fsrv.ident = fsrv.ident_names = id;
+}
 
 static void setup(void) {
   fsrv.limits = (gw_limits_t){.max_line = 4096, .max_head = 8192, .max_headers = 64};
@@ -45,6 +117,7 @@ static void setup(void) {
                             .ntargets = 1,
                             .total_weight = 1,
                             .max_body = 1 << 20};
+  setup_policy();
 }
 
 static unsigned count(const gw_request_head_t *h, const char *lower) {
@@ -85,6 +158,15 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
                             (size_t)nl, c->req.method, &mismatch);
   if (!c->route)
     goto done;
+  if (!admit(c)) {
+    /* refused: answered by the gateway (never forwarded) */
+    if (c->state != S_FLUSH || (c->status != 401 && c->status != 403 && c->status != 429) ||
+        c->admitted || !c->route->auth_key)
+      abort();
+    goto done;
+  }
+  if (c->route->auth_key && (!c->key || strcmp(c->key->prefix, "tg_live_FuzzKeyF") != 0))
+    abort(); /* admitted without our key */
   c->target = pick_target(&fw, c->route, NULL);
   if (!c->target || !buf_init(&c->utx, GW_IO_BUF))
     goto done;
@@ -130,6 +212,23 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
     abort();
   if (out->method != c->req.method)
     abort();
+  /* the key never reaches the upstream; who calls is said exactly once */
+  if (memmem(c->utx.data, buf_len(&c->utx), fkey, strlen(fkey)))
+    abort();
+  static const char *const ident[] = {"x-tollgate-app-id", "x-tollgate-developer-id",
+                                      "x-tollgate-plan", "x-tollgate-key-prefix"};
+  for (size_t i = 0; i < 4; i++)
+    if (count(out, ident[i]) != (c->key ? 1u : 0u))
+      abort();
+  for (unsigned i = 0; c->key && i < out->nheaders; i++) {
+    const gw_header_t *t = &out->headers[i];
+    if (gw_header_is(t, "x-tollgate-app-id") &&
+        (t->value_len != strlen(fapp_id) || memcmp(t->value, fapp_id, t->value_len) != 0))
+      abort();
+    if (gw_header_is(t, "x-tollgate-developer-id") &&
+        (t->value_len != strlen(fdev_id) || memcmp(t->value, fdev_id, t->value_len) != 0))
+      abort();
+  }
   for (unsigned i = 0; i < out->nheaders; i++) {
     const gw_header_t *t = &out->headers[i];
     if (gw_header_is(t, "traceparent") &&
@@ -137,8 +236,10 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
       abort();
   }
 done:
-  if (c)
+  if (c) {
     buf_free(&c->utx);
+    buf_free(&c->tx);
+  }
   free(c);
   free(out);
   free(in);

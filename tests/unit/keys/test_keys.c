@@ -135,6 +135,30 @@ TG_TEST(token_generate_shape) {
   }
 }
 
+TG_TEST(token_compose_fixed_body) {
+  setup();
+  tg_secret_t secret;
+  secret_fill(&secret, 2);
+  const char body[] = "FixtureFixtureFixtureFixtureFixtureFixture0";
+  char text[TG_TOKEN_MAX_LEN + 1], again[TG_TOKEN_MAX_LEN + 1];
+  char prefix[TG_TOKEN_PREFIX_MAX + 1];
+  unsigned char digest[TG_DIGEST_BYTES], d2[TG_DIGEST_BYTES];
+  ASSERT_INT_EQ(tg_token_compose(TG_TOKEN_API_KEY, body, &secret, text, prefix, digest), TG_OK);
+  ASSERT(strncmp(text, "tg_live_FixtureFixture", 22) == 0);
+  ASSERT_INT_EQ(strlen(text), 8 + TG_KEY_BODY_LEN + TG_KEY_CHECKSUM_LEN);
+  ASSERT_STR_EQ(prefix, "tg_live_FixtureF");
+  ASSERT_INT_EQ(tg_token_check(text, strlen(text), NULL, NULL), TG_OK);
+  ASSERT(tg_token_verify(&secret, text, strlen(text), digest));
+  /* the same body gives the same token: a fixture, not a secret */
+  ASSERT_INT_EQ(tg_token_compose(TG_TOKEN_API_KEY, body, &secret, again, prefix, d2), TG_OK);
+  ASSERT_STR_EQ(again, text);
+  char bad[TG_KEY_BODY_LEN];
+  memcpy(bad, body, sizeof(bad));
+  bad[5] = '-';
+  ASSERT_INT_EQ(tg_token_compose(TG_TOKEN_API_KEY, bad, &secret, again, prefix, d2), TG_EINVAL);
+  ASSERT_STR_EQ(again, "");
+}
+
 TG_TEST(token_prefix_of_checked_token) {
   setup();
   char prefix[TG_TOKEN_PREFIX_MAX + 1];
