@@ -145,7 +145,8 @@ struct gw_conn {
   bool admitted;                 /* passed keys, limits and quotas: forwarded */
   bool metered;
   bool has_verdict;
-  gw_verdict_t verdict; /* limits and quotas, for the response headers */
+  int64_t up_start_ms, up_head_ms; /* the upstream exchange, for the access log */
+  gw_verdict_t verdict;            /* limits and quotas, for the response headers */
 };
 
 struct gw_worker {
@@ -682,17 +683,22 @@ static void access_log(gw_conn_t *c) {
     return;
   w->loglen += (size_t)n;
   log_path(w, c);
+  /* upstream: from sending the request to its response head (Kong's
+   * "proxy" latency); the rest is the gateway's and the client's */
+  int64_t up_ms =
+      c->up_head_ms >= c->up_start_ms && c->up_start_ms ? c->up_head_ms - c->up_start_ms : 0;
   gw_app_t *app =
       c->key ? atomic_load_explicit(&((gw_key_t *)c->key)->app, memory_order_acquire) : NULL;
   n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
                "\",\"status\":%d,\"api\":\"%s\",\"app\":\"%s\",\"key_prefix\":\"%s\","
                "\"plan\":\"%s\",\"rejected\":\"%s\",\"upstream\":\"%s\",\"target\":\"%s\","
-               "\"latency_ms\":%lld,\"bytes_in\":%lld,\"bytes_out\":%lld}\n",
+               "\"latency_ms\":%lld,\"upstream_latency_ms\":%lld,\"gateway_latency_ms\":%lld,"
+               "\"bytes_in\":%lld,\"bytes_out\":%lld}\n",
                c->status, c->route ? c->route->slug : "", app ? app->id : "",
                c->key ? c->key->prefix : "", c->plan ? c->plan->slug : "",
                gw_reason_name((gw_reason_t)c->reason), c->target ? c->target->host_header : "",
-               c->target ? c->target->id : "", (long long)ms, (long long)c->bytes_in,
-               (long long)c->bytes_out);
+               c->target ? c->target->id : "", (long long)ms, (long long)up_ms,
+               (long long)(ms - up_ms), (long long)c->bytes_in, (long long)c->bytes_out);
   if (n > 0 && (size_t)n < GW_LOG_BUF - w->loglen)
     w->loglen += (size_t)n;
 }
@@ -1652,6 +1658,7 @@ static void parse_response_head(gw_conn_t *c) {
     break;
   }
   target_ok(c->w, c->target);
+  c->up_head_ms = c->w->now;
   c->status = rh.status;
   c->resp_started = true;
   timer_set(c, c->route->read_ms, 504);
@@ -1817,6 +1824,7 @@ static void start_request(gw_conn_t *c) {
     c->key_header = NULL;
     c->reason = GW_R_NONE;
     c->admitted = c->metered = c->has_verdict = false;
+    c->up_start_ms = c->up_head_ms = 0;
     c->bytes_in = 0; /* counted below: the head, then body bytes as they arrive */
     c->bytes_out = 0;
     c->request_id[0] = '\0';
@@ -1941,6 +1949,8 @@ static void start_request(gw_conn_t *c) {
   }
   c->state = S_UPSTREAM;
   c->up_wrote = false;
+  c->up_start_ms = c->w->now;
+  c->up_head_ms = 0;
   if (!upstream_attach(c)) {
     if (c->state == S_UPSTREAM)
       upstream_failed(c, 502, "the upstream refused the connection");

@@ -409,6 +409,9 @@ def test_access_log_names_the_caller_never_the_key(w):
     eq((ln.get("api"), ln.get("app"), ln.get("key_prefix"), ln.get("plan")),
        ("pets", c["app"]["id"], c["key"]["prefix"], "free"), "caller in the access log")
     check("[redacted]" in ln.get("path", ""), "the query key is redacted: %r" % ln.get("path"))
+    for f in ("latency_ms", "upstream_latency_ms", "gateway_latency_ms", "bytes_in", "bytes_out"):
+        check(isinstance(ln.get(f), int) and ln[f] >= 0, "access log %s: %r" % (f, ln.get(f)))
+    eq(ln.get("target"), w.apis["pets"]["targets"][0]["id"], "access log target id")
     with open(w.access_log, "rb") as f:
         data = f.read()
     for k in w.c.values():
