@@ -48,9 +48,18 @@ typedef struct tg_store_vtab {
               const tg_field_t *const *cols, int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p);
   /* rows: n >= 1 rows that passed store.c's checks. */
   int (*usage_add)(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p);
-  int (*usage_calls_since)(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
-                           tg_problem_t *p);
+  int (*usage_open)(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
+                    tg_problem_t *p);
+  int (*usage_next)(tg_usage_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p);
+  void (*usage_close)(tg_usage_cursor_t *cur);
+  int (*usage_compact)(tg_store_t *s, int64_t now, int64_t lag, const tg_usage_retention_t *ret,
+                       int max_periods, tg_usage_compact_stats_t *st, tg_problem_t *p);
 } tg_store_vtab_t;
+
+/* Every backend's report cursor starts with this. */
+struct tg_usage_cursor {
+  tg_store_t *store;
+};
 
 /* tg_store_scan's column limit, and the longest ids and reasons a usage
  * row may carry (the schema's CHECKs on usage_rollups). */

@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/migrate.h"
 #include "core/store-int.h"
@@ -340,11 +341,92 @@ int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_p
   return s->vt->usage_add(s, rows, n, p);
 }
 
+const char *const tg_usage_reasons[TG_USAGE_REASONS] = {
+    "missing_key",  "invalid_key",    "auth_throttled", "not_subscribed", "suspended",
+    "rate_limited", "quota_exceeded", "no_route",       "bad_request",
+};
+
+static bool is_id_like(const char *v) {
+  return strlen(v) <= TG_USAGE_ID_MAX;
+}
+
+int tg_store_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
+                        tg_problem_t *p) {
+  *out = NULL;
+  int64_t b = q->bucket;
+  if (b != 0 && b != 60 && b != 3600 && b != 86400 && b != TG_USAGE_MONTH)
+    return tg_problem_set(p, TG_EINVAL, "bucket", "must be minute, hour, day or month");
+  if (q->from < 0 || q->from % 60 != 0)
+    return tg_problem_set(p, TG_EINVAL, "from", "must be a whole minute at or after 1970");
+  if (q->to % 60 != 0 || q->to <= q->from)
+    return tg_problem_set(p, TG_EINVAL, "to", "must be a whole minute after from");
+  if (q->to - q->from > (int64_t)100 * 366 * 86400)
+    return tg_problem_set(p, TG_EINVAL, "to", "the range is longer than 100 years");
+  if (b > 0 && (q->from % b != 0 || q->to % b != 0))
+    return tg_problem_set(p, TG_EINVAL, q->from % b ? "from" : "to",
+                          "must be at the start of a %s (UTC)",
+                          b == 60     ? "minute"
+                          : b == 3600 ? "hour"
+                                      : "day");
+  if (b == TG_USAGE_MONTH) {
+    time_t f = (time_t)q->from, t = (time_t)q->to;
+    struct tm a, z;
+    gmtime_r(&f, &a);
+    gmtime_r(&t, &z);
+    if (a.tm_mday != 1 || q->from % 86400 || z.tm_mday != 1 || q->to % 86400)
+      return tg_problem_set(p, TG_EINVAL, a.tm_mday != 1 || q->from % 86400 ? "from" : "to",
+                            "must be at the start of a month (UTC)");
+  }
+  if (q->group_by & ~(unsigned)0x7f)
+    return tg_problem_set(p, TG_EINVAL, "group_by", "unknown dimension");
+  if (q->status_class < -1 || q->status_class > 5)
+    return tg_problem_set(p, TG_EINVAL, "status_class", "must be 0 to 5");
+  const char *const f[] = {q->developer_id, q->app_id,  q->key_id,
+                           q->api_id,       q->plan_id, q->subscription_id};
+  for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+    if (f[i] && !is_id_like(f[i]))
+      return tg_problem_set(p, TG_EINVAL, "filter", "an id is too long");
+  return s->vt->usage_open(s, q, out, p);
+}
+
+int tg_store_usage_next(tg_usage_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p) {
+  return cur->store->vt->usage_next(cur, row, p);
+}
+
+void tg_store_usage_close(tg_usage_cursor_t *cur) {
+  if (cur)
+    cur->store->vt->usage_close(cur);
+}
+
+int tg_store_usage_compact(tg_store_t *s, int64_t now, int64_t lag, const tg_usage_retention_t *ret,
+                           int max_periods, tg_usage_compact_stats_t *st, tg_problem_t *p) {
+  if (lag < 0 || max_periods < 1 || !ret || ret->minutes_s < 0 || ret->hours_s < 0)
+    return tg_problem_set(p, TG_EINVAL, "compact", "bad lag, budget or retention");
+  /* a finer granularity can never be kept longer than its sums exist */
+  return s->vt->usage_compact(s, now, lag, ret, max_periods, st, p);
+}
+
+/* Quota usage: every call the gateway let through since `since`, per
+ * subscription, from whichever granularities hold each period. */
 int tg_store_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
                                tg_problem_t *p) {
   if (!cb)
     return tg_problem_set(p, TG_EINVAL, "cb", "no callback");
-  return s->vt->usage_calls_since(s, since, cb, ctx, p);
+  tg_usage_query_t q = {.from = since - since % 60,
+                        .to = since - since % 60 + (int64_t)400 * 86400,
+                        .bucket = 0,
+                        .group_by = TG_USAGE_BY_SUBSCRIPTION,
+                        .status_class = -1};
+  tg_usage_cursor_t *cur;
+  int rc = tg_store_usage_open(s, &q, &cur, p);
+  if (rc)
+    return rc;
+  tg_usage_total_t t;
+  while ((rc = tg_store_usage_next(cur, &t, p)) == 1)
+    if (t.subscription_id[0] && (rc = cb(t.subscription_id, t.calls - t.rejected, ctx)))
+      break;
+  tg_store_usage_close(cur);
+  return rc < 0 || rc > 1 ? rc : TG_OK;
 }
 
 const char *tg_store_backend(tg_store_t *s) {

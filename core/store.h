@@ -257,6 +257,95 @@ typedef int (*tg_usage_calls_cb)(const char *subscription_id, int64_t calls, voi
 int tg_store_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
                                tg_problem_t *p);
 
+/* ---- usage reports and compaction ------------------------------------------
+ * The gateway writes minute rows. Compaction sums them into hour rows, and
+ * hour rows into day rows, period by period in order; a watermark per
+ * granularity says up to where that is done. Minute rows that arrive late
+ * for an hour already compacted are added to the hour (and day) rows in
+ * the same transaction (tg_store_usage_add), so a compacted row always
+ * equals the sum of the rows below it. Retention deletes old minute and
+ * hour rows, only below the next granularity's watermark.
+ *
+ * A report reads every period of its range from exactly one granularity:
+ * the coarsest one that is compacted there and not coarser than the
+ * report's buckets; so it gives the same totals whichever rows serve it. */
+
+/* Why the gateway refused a request (status class 0 rows), in report
+ * column order. */
+#define TG_USAGE_REASONS 9
+extern const char *const tg_usage_reasons[TG_USAGE_REASONS];
+
+#define TG_USAGE_MONTH (-1) /* a report bucket: the UTC calendar month */
+
+enum {
+  TG_USAGE_BY_DEVELOPER = 1 << 0,
+  TG_USAGE_BY_APP = 1 << 1,
+  TG_USAGE_BY_KEY = 1 << 2,
+  TG_USAGE_BY_API = 1 << 3,
+  TG_USAGE_BY_PLAN = 1 << 4,
+  TG_USAGE_BY_STATUS_CLASS = 1 << 5,
+  TG_USAGE_BY_SUBSCRIPTION = 1 << 6,
+};
+
+typedef struct tg_usage_query {
+  int64_t from, to;  /* [from, to), unix seconds; multiples of 60 */
+  int64_t bucket;    /* 60, 3600, 86400 or TG_USAGE_MONTH; from/to align to it */
+  unsigned group_by; /* TG_USAGE_BY_* */
+  /* filters: NULL = any */
+  const char *developer_id, *app_id, *key_id, *api_id, *plan_id, *subscription_id;
+  int status_class; /* -1 = any */
+} tg_usage_query_t;
+
+typedef struct tg_usage_total {
+  int64_t period_start; /* the bucket */
+  /* dimensions grouped by ("" when not grouped; status_class -1) */
+  const char *developer_id, *app_id, *key_id, *api_id, *plan_id, *subscription_id;
+  int status_class;
+  int64_t calls;    /* every request, refused ones included */
+  int64_t billable; /* answered by the upstream with 1xx-4xx */
+  int64_t errors_4xx, errors_5xx;
+  int64_t rejected; /* refused by the gateway (never billable) */
+  int64_t rejected_by[TG_USAGE_REASONS];
+  int64_t bytes_in, bytes_out, latency_us_sum;
+  int64_t h[TG_USAGE_BUCKETS];
+} tg_usage_total_t;
+
+typedef struct tg_usage_cursor tg_usage_cursor_t;
+
+/*
+ * Open a report: rows come out ordered by bucket, then the grouped
+ * dimensions. The cursor is one read transaction (a consistent view);
+ * use the store for nothing else until it is closed. TG_EINVAL names the
+ * bad parameter ("from", "to", "bucket", "group_by"), also when minute or
+ * hour rows the report needs were already removed by retention ("from").
+ */
+int tg_store_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
+                        tg_problem_t *p);
+/* 1: *row filled (strings valid until the next call); 0: no more; <0: error. */
+int tg_store_usage_next(tg_usage_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p);
+void tg_store_usage_close(tg_usage_cursor_t *cur); /* NULL is a no-op */
+
+typedef struct tg_usage_retention {
+  int64_t minutes_s; /* keep minute rows this long (0: forever) */
+  int64_t hours_s;   /* keep hour rows this long (0: forever) */
+} tg_usage_retention_t;
+
+typedef struct tg_usage_compact_stats {
+  int64_t hours, days; /* periods compacted by this call */
+  int64_t minute_rows_deleted, hour_rows_deleted;
+  int64_t compacted_hours, compacted_days; /* watermarks after the call */
+  bool more;                               /* work remains: call again */
+} tg_usage_compact_stats_t;
+
+/*
+ * Compact complete periods that ended at least `lag` seconds before `now`
+ * (at most max_periods of them, each in its own short write transaction)
+ * and apply retention. Idempotent: a period is recomputed from the rows
+ * below it, so running twice, or again after a crash, changes nothing.
+ */
+int tg_store_usage_compact(tg_store_t *s, int64_t now, int64_t lag, const tg_usage_retention_t *ret,
+                           int max_periods, tg_usage_compact_stats_t *st, tg_problem_t *p);
+
 /* Test and debug support: the backend's name ("sqlite") and, for SQLite,
  * the database file path. */
 const char *tg_store_backend(tg_store_t *s);

@@ -1155,6 +1155,15 @@ static void bind_usage_row(sqlite3_stmt *stmt, const tg_usage_row_t *r) {
     sqlite3_bind_int64(stmt, idx++, r->h[k]);
 }
 
+#define WM_HOURS  "usage.compacted.3600"  /* hours before this are compacted */
+#define WM_DAYS   "usage.compacted.86400" /* days before this are compacted */
+#define RET_MINS  "usage.retained.60"     /* minute rows before this were removed */
+#define RET_HOURS "usage.retained.3600"   /* hour rows before this were removed */
+
+static int wm_get(sql_store_t *st, const char *key, int64_t *out, tg_problem_t *p);
+static int usage_add_late(sql_store_t *st, sqlite3_stmt *stmt, const tg_usage_row_t *r,
+                          int64_t wm_hours, int64_t wm_days);
+
 /* All rows or none: one write transaction (BEGIN IMMEDIATE, so a locked
  * store fails at the start with TG_EBUSY, not half-way), or a savepoint
  * when the caller already holds one (tg_store_begin). Any failure rolls
@@ -1166,13 +1175,17 @@ static int s_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_p
   char what[48];
   if ((result = exec(st, nested ? "SAVEPOINT usage_add" : "BEGIN IMMEDIATE", p)))
     return result;
+  int64_t wm_hours, wm_days;
+  if ((result = wm_get(st, WM_HOURS, &wm_hours, p)) || (result = wm_get(st, WM_DAYS, &wm_days, p)))
+    goto out;
   if (stmt_prepare(st, usage_upsert_sql, &stmt) != SQLITE_OK) {
     result = sql_error(st, "usage", p);
     goto out;
   }
   for (size_t i = 0; i < n; i++) {
     bind_usage_row(stmt, &rows[i]);
-    if (sqlite3_step(stmt) != SQLITE_DONE) {
+    if (sqlite3_step(stmt) != SQLITE_DONE ||
+        usage_add_late(st, stmt, &rows[i], wm_hours, wm_days) != SQLITE_DONE) {
       snprintf(what, sizeof(what), "usage rows[%zu]", i);
       result = sql_error(st, what, p);
       goto out;
@@ -1190,46 +1203,484 @@ out:
   return result;
 }
 
-/*
- * Quota usage per subscription, from minute rows (granularity 60) only.
- * Today the gateway writes nothing else. Compaction (a later change) will
- * add hour and day rows for the same traffic and keep the minute rows for
- * a retention period: reading one granularity counts each period exactly
- * once. Compaction must therefore keep minute rows at least for the
- * current calendar month (the longest quota period), or this function
- * must learn to combine granularities (minutes only where no hour/day row
- * covers them). The primary key (granularity, period_start, ...) makes
- * the WHERE a range search; the GROUP BY sorts what it finds.
- */
-static int s_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,
-                               tg_problem_t *p) {
-  sql_store_t *st = (sql_store_t *)s;
-  sqlite3_stmt *stmt = NULL;
-  int result = TG_OK, rc;
-  if (stmt_prepare(st,
-                   "SELECT subscription_id, sum(calls) FROM usage_rollups "
-                   "WHERE granularity = 60 AND period_start >= ? "
-                   "AND status_class BETWEEN 1 AND 5 AND subscription_id <> '' "
-                   "GROUP BY subscription_id ORDER BY subscription_id",
-                   &stmt)) {
-    result = sql_error(st, "usage", p);
-    goto out;
+/* ---- usage compaction and reports ------------------------------------------ */
+
+/* A watermark from meta: -1 when it was never set. */
+static int wm_get(sql_store_t *st, const char *key, int64_t *out, tg_problem_t *p) {
+  char *v = NULL;
+  tg_problem_t q = {0};
+  int rc = s_meta_get(&st->base, key, &v, &q);
+  if (rc == TG_ENOTFOUND) {
+    *out = -1;
+    return TG_OK;
   }
-  sqlite3_bind_int64(stmt, 1, since);
-  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-    const char *sub = (const char *)sqlite3_column_text(stmt, 0);
-    if (!sub) {
-      result = tg_problem_set(p, TG_ENOMEM, "", NULL);
-      goto out;
-    }
-    if ((result = cb(sub, sqlite3_column_int64(stmt, 1), ctx)))
-      goto out;
-  }
+  if (rc != TG_OK)
+    return tg_problem_set(p, rc, "usage", "%s", q.detail);
+  *out = strtoll(v, NULL, 10);
+  free(v);
+  return TG_OK;
+}
+
+static int wm_set(sql_store_t *st, const char *key, int64_t v, tg_problem_t *p) {
+  char buf[24];
+  snprintf(buf, sizeof(buf), "%lld", (long long)v);
+  return s_meta_set(&st->base, key, buf, p);
+}
+
+static int64_t floor_to(int64_t t, int64_t g) {
+  return t - ((t % g) + g) % g;
+}
+
+/* Minute rows that land in a period compacted already are added to the
+ * hour (and day) rows as well: compacted rows stay the sums of what lies
+ * below them, so a report reads the same whichever granularity serves it. */
+static int usage_add_late(sql_store_t *st, sqlite3_stmt *stmt, const tg_usage_row_t *r,
+                          int64_t wm_hours, int64_t wm_days) {
+  if (r->granularity != 60)
+    return SQLITE_DONE;
+  tg_usage_row_t up = *r;
+  up.granularity = 3600;
+  up.period_start = floor_to(r->period_start, 3600);
+  if (wm_hours < 0 || up.period_start >= wm_hours)
+    return SQLITE_DONE;
+  sqlite3_reset(stmt);
+  bind_usage_row(stmt, &up);
+  int rc = sqlite3_step(stmt);
   if (rc != SQLITE_DONE)
-    result = sql_error(st, "usage", p);
-out:
+    return rc;
+  up.granularity = 86400;
+  up.period_start = floor_to(r->period_start, 86400);
+  if (wm_days < 0 || up.period_start >= wm_days)
+    return SQLITE_DONE;
+  sqlite3_reset(stmt);
+  bind_usage_row(stmt, &up);
+  (void)st;
+  return sqlite3_step(stmt);
+}
+
+/* Recompute the rows of granularity g for the period at `start` from the
+ * rows of granularity `below` (delete, then insert the sums): idempotent. */
+static int compact_period(sql_store_t *st, int64_t g, int64_t below, int64_t start,
+                          tg_problem_t *p) {
+  static const char del_sql[] =
+      "DELETE FROM usage_rollups WHERE granularity = ? AND period_start = ?";
+  static const char ins_sql[] =
+      "INSERT INTO usage_rollups (granularity, period_start, key_id, app_id, developer_id, "
+      "api_id, plan_id, subscription_id, status_class, reason, calls, bytes_in, bytes_out, "
+      "latency_us_sum, h00, h01, h02, h03, h04, h05, h06, h07, h08, h09, h10, h11, h12, h13, h14) "
+      "SELECT ?1, ?2, key_id, max(app_id), max(developer_id), api_id, plan_id, "
+      "max(subscription_id), status_class, reason, sum(calls), sum(bytes_in), sum(bytes_out), "
+      "sum(latency_us_sum), sum(h00), sum(h01), sum(h02), sum(h03), sum(h04), sum(h05), "
+      "sum(h06), sum(h07), sum(h08), sum(h09), sum(h10), sum(h11), sum(h12), sum(h13), sum(h14) "
+      "FROM usage_rollups WHERE granularity = ?3 AND period_start >= ?2 "
+      "AND period_start < ?2 + ?1 GROUP BY key_id, api_id, plan_id, status_class, reason";
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st, del_sql, &stmt) != SQLITE_OK)
+    return sql_error(st, "usage compaction", p);
+  sqlite3_bind_int64(stmt, 1, g);
+  sqlite3_bind_int64(stmt, 2, start);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, "usage compaction", p);
+  stmt_release(st, stmt);
+  if (result)
+    return result;
+  if (stmt_prepare(st, ins_sql, &stmt) != SQLITE_OK)
+    return sql_error(st, "usage compaction", p);
+  sqlite3_bind_int64(stmt, 1, g);
+  sqlite3_bind_int64(stmt, 2, start);
+  sqlite3_bind_int64(stmt, 3, below);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, "usage compaction", p);
   stmt_release(st, stmt);
   return result;
+}
+
+/* The first period of granularity g worth compacting when nothing was:
+ * where the rows below start, or (none yet) the current period. */
+static int wm_init(sql_store_t *st, int64_t below, int64_t g, int64_t fallback, int64_t *out,
+                   tg_problem_t *p) {
+  sqlite3_stmt *stmt = NULL;
+  if (stmt_prepare(st, "SELECT min(period_start) FROM usage_rollups WHERE granularity = ?",
+                   &stmt) != SQLITE_OK)
+    return sql_error(st, "usage compaction", p);
+  sqlite3_bind_int64(stmt, 1, below);
+  int rc = sqlite3_step(stmt);
+  int64_t first = rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL
+                      ? sqlite3_column_int64(stmt, 0)
+                      : fallback;
+  stmt_release(st, stmt);
+  if (rc != SQLITE_ROW)
+    return sql_error(st, "usage compaction", p);
+  *out = floor_to(first < fallback ? first : fallback, g);
+  return TG_OK;
+}
+
+/* Delete rows of granularity g before `cut` (at most one day of them per
+ * call), remembering how far retention went. */
+static int retain(sql_store_t *st, int64_t g, const char *key, int64_t cut, int64_t *deleted,
+                  bool *more, tg_problem_t *p) {
+  int64_t done;
+  int result = wm_get(st, key, &done, p);
+  if (result)
+    return result;
+  if (done < 0) {
+    sqlite3_stmt *stmt = NULL;
+    if (stmt_prepare(st, "SELECT min(period_start) FROM usage_rollups WHERE granularity = ?",
+                     &stmt) != SQLITE_OK)
+      return sql_error(st, "usage retention", p);
+    sqlite3_bind_int64(stmt, 1, g);
+    done = sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL
+               ? sqlite3_column_int64(stmt, 0)
+               : cut;
+    stmt_release(st, stmt);
+    if (done > cut)
+      done = cut;
+  }
+  if (done >= cut)
+    return wm_set(st, key, done, p);
+  int64_t upto = done + 86400 < cut ? done + 86400 : cut;
+  sqlite3_stmt *stmt = NULL;
+  if (stmt_prepare(st, "DELETE FROM usage_rollups WHERE granularity = ? AND period_start < ?",
+                   &stmt) != SQLITE_OK)
+    return sql_error(st, "usage retention", p);
+  sqlite3_bind_int64(stmt, 1, g);
+  sqlite3_bind_int64(stmt, 2, upto);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, "usage retention", p);
+  *deleted += sqlite3_changes(st->db);
+  stmt_release(st, stmt);
+  if (result)
+    return result;
+  if (upto < cut)
+    *more = true;
+  return wm_set(st, key, upto, p);
+}
+
+static int s_usage_compact(tg_store_t *s, int64_t now, int64_t lag, const tg_usage_retention_t *ret,
+                           int max_periods, tg_usage_compact_stats_t *out, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  int result = TG_OK;
+  memset(out, 0, sizeof(*out));
+  int64_t ready = floor_to(now - lag, 60);
+  for (int i = 0; i <= max_periods; i++) {
+    if ((result = exec(st, "BEGIN IMMEDIATE", p)))
+      return result;
+    int64_t wh, wd;
+    bool did = false;
+    if ((result = wm_get(st, WM_HOURS, &wh, p)) || (result = wm_get(st, WM_DAYS, &wd, p)))
+      goto fail;
+    if (wh < 0) {
+      if ((result = wm_init(st, 60, 3600, floor_to(ready, 3600), &wh, p)) ||
+          (result = wm_set(st, WM_HOURS, wh, p)))
+        goto fail;
+    }
+    if (wd < 0) {
+      if ((result = wm_init(st, 3600, 86400, wh, &wd, p)) || (result = wm_set(st, WM_DAYS, wd, p)))
+        goto fail;
+    }
+    if (i < max_periods && wh + 3600 <= ready) {
+      if ((result = compact_period(st, 3600, 60, wh, p)) ||
+          (result = wm_set(st, WM_HOURS, wh += 3600, p)))
+        goto fail;
+      out->hours++;
+      did = true;
+    } else if (i < max_periods && wd + 86400 <= wh) {
+      if ((result = compact_period(st, 86400, 3600, wd, p)) ||
+          (result = wm_set(st, WM_DAYS, wd += 86400, p)))
+        goto fail;
+      out->days++;
+      did = true;
+    } else if (!did) {
+      /* nothing left to compact: retention, below what is compacted */
+      bool more = false;
+      if (ret->minutes_s > 0 && (result = retain(st, 60, RET_MINS,
+                                                 floor_to(now - ret->minutes_s, 3600) < wh
+                                                     ? floor_to(now - ret->minutes_s, 3600)
+                                                     : wh,
+                                                 &out->minute_rows_deleted, &more, p)))
+        goto fail;
+      if (ret->hours_s > 0 &&
+          (result = retain(
+               st, 3600, RET_HOURS,
+               floor_to(now - ret->hours_s, 86400) < wd ? floor_to(now - ret->hours_s, 86400) : wd,
+               &out->hour_rows_deleted, &more, p)))
+        goto fail;
+      out->more = more;
+    }
+    out->compacted_hours = wh;
+    out->compacted_days = wd;
+    if ((result = exec(st, "COMMIT", p)))
+      goto fail;
+    if (!did)
+      return TG_OK;
+    if (i + 1 == max_periods) {
+      out->more = true; /* the budget is spent; the caller comes back */
+      return TG_OK;
+    }
+  }
+  return TG_OK;
+fail:
+  sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+  return result;
+}
+
+/* Which rows serve which part of a report's range. */
+typedef struct piece {
+  int64_t g, start, end;
+} piece_t;
+
+#define PIECES_MAX 32
+
+static int plan_pieces(int64_t from, int64_t to, int64_t maxg, int64_t wh, int64_t wd,
+                       piece_t *out) {
+  int n = 0;
+  for (int64_t t = from; t < to;) {
+    int64_t g, step;
+    if (maxg >= 86400 && t % 86400 == 0 && t + 86400 <= to && wd >= 0 && t + 86400 <= wd)
+      g = 86400, step = 86400;
+    else if (maxg >= 3600 && t % 3600 == 0 && t + 3600 <= to && wh >= 0 && t + 3600 <= wh)
+      g = 3600, step = 3600;
+    else {
+      int64_t next = floor_to(t, 3600) + 3600;
+      g = 60, step = (next < to ? next : to) - t;
+    }
+    if (n > 0 && out[n - 1].g == g && out[n - 1].end == t) {
+      out[n - 1].end = t + step;
+    } else {
+      if (n == PIECES_MAX)
+        return -1;
+      out[n++] = (piece_t){g, t, t + step};
+    }
+    t += step;
+  }
+  return n;
+}
+
+typedef struct sql_cursor {
+  tg_usage_cursor_t base;
+  sqlite3_stmt *stmt;
+  bool own_tx;
+  unsigned group_by;
+} sql_cursor_t;
+
+static const struct {
+  unsigned bit;
+  const char *col;
+} usage_dims[] = {
+    {TG_USAGE_BY_DEVELOPER, "developer_id"},
+    {TG_USAGE_BY_APP, "app_id"},
+    {TG_USAGE_BY_KEY, "key_id"},
+    {TG_USAGE_BY_API, "api_id"},
+    {TG_USAGE_BY_PLAN, "plan_id"},
+    {TG_USAGE_BY_SUBSCRIPTION, "subscription_id"},
+    {TG_USAGE_BY_STATUS_CLASS, "status_class"},
+};
+#define NDIMS ((int)(sizeof(usage_dims) / sizeof(usage_dims[0])))
+
+static void sb_filters(sqlbuf_t *b, const tg_usage_query_t *q) {
+  if (q->developer_id)
+    sb_add(b, " AND developer_id = :dev");
+  if (q->app_id)
+    sb_add(b, " AND app_id = :app");
+  if (q->key_id)
+    sb_add(b, " AND key_id = :key");
+  if (q->api_id)
+    sb_add(b, " AND api_id = :api");
+  if (q->plan_id)
+    sb_add(b, " AND plan_id = :plan");
+  if (q->subscription_id)
+    sb_add(b, " AND subscription_id = :sub");
+  if (q->status_class >= 0)
+    sb_add(b, " AND status_class = :cls");
+}
+
+static void bind_named_text(sqlite3_stmt *stmt, const char *name, const char *v) {
+  int i = sqlite3_bind_parameter_index(stmt, name);
+  if (i > 0 && v)
+    sqlite3_bind_text(stmt, i, v, -1, SQLITE_TRANSIENT);
+}
+
+static int s_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
+                        tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sql_cursor_t *cur = calloc(1, sizeof(*cur));
+  int result = TG_OK;
+  char num[160];
+  *out = NULL;
+  if (!cur)
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  cur->base.store = s;
+  cur->group_by = q->group_by;
+  if (!st->in_tx) {
+    if ((result = exec(st, "BEGIN", p)))
+      goto fail;
+    cur->own_tx = true;
+  }
+  int64_t wh, wd, rm, rh;
+  if ((result = wm_get(st, WM_HOURS, &wh, p)) || (result = wm_get(st, WM_DAYS, &wd, p)) ||
+      (result = wm_get(st, RET_MINS, &rm, p)) || (result = wm_get(st, RET_HOURS, &rh, p)))
+    goto fail;
+  int64_t maxg = q->bucket == 60 ? 60 : q->bucket == 3600 ? 3600 : 86400;
+  piece_t pieces[PIECES_MAX];
+  int n = plan_pieces(q->from, q->to, maxg, wh, wd, pieces);
+  if (n < 0) {
+    result = tg_problem_set(p, TG_ESTORE, "usage", "the ledger's watermarks are inconsistent");
+    goto fail;
+  }
+  for (int i = 0; i < n; i++) {
+    int64_t gone = pieces[i].g == 60 ? rm : pieces[i].g == 3600 ? rh : -1;
+    if (gone > pieces[i].start) {
+      result = tg_problem_set(p, TG_EINVAL, "from",
+                              "%s usage before %lld was removed (retention); ask for a coarser "
+                              "granularity or a later start",
+                              pieces[i].g == 60 ? "minute" : "hourly", (long long)gone);
+      goto fail;
+    }
+  }
+  sqlbuf_t *b = calloc(1, sizeof(*b));
+  if (!b) {
+    result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    goto fail;
+  }
+  sb_add(b, "SELECT ");
+  if (q->bucket == TG_USAGE_MONTH)
+    sb_add(b, "CAST(strftime('%s', period_start, 'unixepoch', 'start of month') AS INTEGER)");
+  else if (q->bucket == 0) {
+    snprintf(num, sizeof(num), "%lld", (long long)q->from);
+    sb_add(b, num);
+  } else {
+    snprintf(num, sizeof(num), "period_start - period_start %% %lld", (long long)q->bucket);
+    sb_add(b, num);
+  }
+  sb_add(b, " AS b");
+  for (int d = 0; d < NDIMS; d++)
+    if (q->group_by & usage_dims[d].bit) {
+      sb_add(b, ", ");
+      sb_add(b, usage_dims[d].col);
+    }
+  sb_add(b, ", sum(calls), sum(CASE WHEN status_class BETWEEN 1 AND 4 THEN calls ELSE 0 END), "
+            "sum(CASE WHEN status_class = 4 THEN calls ELSE 0 END), "
+            "sum(CASE WHEN status_class = 5 THEN calls ELSE 0 END), "
+            "sum(CASE WHEN status_class = 0 THEN calls ELSE 0 END)");
+  for (int r = 0; r < TG_USAGE_REASONS; r++) {
+    sb_add(b, ", sum(CASE WHEN reason = '");
+    sb_add(b, tg_usage_reasons[r]); /* our own constant words */
+    sb_add(b, "' THEN calls ELSE 0 END)");
+  }
+  sb_add(b, ", sum(bytes_in), sum(bytes_out), sum(latency_us_sum), sum(h00), sum(h01), "
+            "sum(h02), sum(h03), sum(h04), sum(h05), sum(h06), sum(h07), sum(h08), sum(h09), "
+            "sum(h10), sum(h11), sum(h12), sum(h13), sum(h14) FROM (");
+  for (int i = 0; i < n; i++) {
+    if (i)
+      sb_add(b, " UNION ALL ");
+    snprintf(num, sizeof(num), "%lld AND period_start >= %lld AND period_start < %lld",
+             (long long)pieces[i].g, (long long)pieces[i].start, (long long)pieces[i].end);
+    sb_add(b, "SELECT * FROM usage_rollups WHERE granularity = ");
+    sb_add(b, num);
+    sb_filters(b, q);
+  }
+  if (n == 0)
+    sb_add(b, "SELECT * FROM usage_rollups WHERE 0");
+  sb_add(b, ") GROUP BY b");
+  for (int d = 0; d < NDIMS; d++)
+    if (q->group_by & usage_dims[d].bit) {
+      sb_add(b, ", ");
+      sb_add(b, usage_dims[d].col);
+    }
+  sb_add(b, " ORDER BY b");
+  for (int d = 0; d < NDIMS; d++)
+    if (q->group_by & usage_dims[d].bit) {
+      sb_add(b, ", ");
+      sb_add(b, usage_dims[d].col);
+    }
+  if (b->overflow) {
+    free(b);
+    result = tg_problem_set(p, TG_EINVAL, "from", "the range needs too complex a query");
+    goto fail;
+  }
+  /* one-off (not cached): the text varies with the range */
+  int rc = sqlite3_prepare_v2(st->db, b->s, -1, &cur->stmt, NULL);
+  free(b);
+  if (rc != SQLITE_OK) {
+    result = sql_error(st, "usage report", p);
+    goto fail;
+  }
+  bind_named_text(cur->stmt, ":dev", q->developer_id);
+  bind_named_text(cur->stmt, ":app", q->app_id);
+  bind_named_text(cur->stmt, ":key", q->key_id);
+  bind_named_text(cur->stmt, ":api", q->api_id);
+  bind_named_text(cur->stmt, ":plan", q->plan_id);
+  bind_named_text(cur->stmt, ":sub", q->subscription_id);
+  int ci = sqlite3_bind_parameter_index(cur->stmt, ":cls");
+  if (ci > 0)
+    sqlite3_bind_int(cur->stmt, ci, q->status_class);
+  *out = &cur->base;
+  return TG_OK;
+fail:
+  if (cur->stmt)
+    sqlite3_finalize(cur->stmt);
+  if (cur->own_tx)
+    sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+  free(cur);
+  return result;
+}
+
+static const char *col_text(sqlite3_stmt *stmt, int i) {
+  const char *v = (const char *)sqlite3_column_text(stmt, i);
+  return v ? v : "";
+}
+
+static int s_usage_next(tg_usage_cursor_t *c, tg_usage_total_t *row, tg_problem_t *p) {
+  sql_cursor_t *cur = (sql_cursor_t *)c;
+  sql_store_t *st = (sql_store_t *)c->store;
+  int rc = sqlite3_step(cur->stmt);
+  if (rc == SQLITE_DONE)
+    return 0;
+  if (rc != SQLITE_ROW)
+    return sql_error(st, "usage report", p);
+  memset(row, 0, sizeof(*row));
+  row->developer_id = row->app_id = row->key_id = row->api_id = row->plan_id =
+      row->subscription_id = "";
+  row->status_class = -1;
+  int i = 0;
+  row->period_start = sqlite3_column_int64(cur->stmt, i++);
+  for (int d = 0; d < NDIMS; d++) {
+    if (!(cur->group_by & usage_dims[d].bit))
+      continue;
+    switch (usage_dims[d].bit) {
+    case TG_USAGE_BY_DEVELOPER: row->developer_id = col_text(cur->stmt, i); break;
+    case TG_USAGE_BY_APP: row->app_id = col_text(cur->stmt, i); break;
+    case TG_USAGE_BY_KEY: row->key_id = col_text(cur->stmt, i); break;
+    case TG_USAGE_BY_API: row->api_id = col_text(cur->stmt, i); break;
+    case TG_USAGE_BY_PLAN: row->plan_id = col_text(cur->stmt, i); break;
+    case TG_USAGE_BY_SUBSCRIPTION: row->subscription_id = col_text(cur->stmt, i); break;
+    default: row->status_class = sqlite3_column_int(cur->stmt, i); break;
+    }
+    i++;
+  }
+  row->calls = sqlite3_column_int64(cur->stmt, i++);
+  row->billable = sqlite3_column_int64(cur->stmt, i++);
+  row->errors_4xx = sqlite3_column_int64(cur->stmt, i++);
+  row->errors_5xx = sqlite3_column_int64(cur->stmt, i++);
+  row->rejected = sqlite3_column_int64(cur->stmt, i++);
+  for (int r = 0; r < TG_USAGE_REASONS; r++)
+    row->rejected_by[r] = sqlite3_column_int64(cur->stmt, i++);
+  row->bytes_in = sqlite3_column_int64(cur->stmt, i++);
+  row->bytes_out = sqlite3_column_int64(cur->stmt, i++);
+  row->latency_us_sum = sqlite3_column_int64(cur->stmt, i++);
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++)
+    row->h[k] = sqlite3_column_int64(cur->stmt, i++);
+  return 1;
+}
+
+static void s_usage_close(tg_usage_cursor_t *c) {
+  sql_cursor_t *cur = (sql_cursor_t *)c;
+  sql_store_t *st = (sql_store_t *)c->store;
+  sqlite3_finalize(cur->stmt);
+  if (cur->own_tx)
+    sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
+  free(cur);
 }
 
 static const tg_store_vtab_t sqlite_vtab = {
@@ -1257,5 +1708,8 @@ static const tg_store_vtab_t sqlite_vtab = {
     .idem_purge = s_idem_purge,
     .scan = s_scan,
     .usage_add = s_usage_add,
-    .usage_calls_since = s_usage_calls_since,
+    .usage_open = s_usage_open,
+    .usage_next = s_usage_next,
+    .usage_close = s_usage_close,
+    .usage_compact = s_usage_compact,
 };

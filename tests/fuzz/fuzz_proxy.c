@@ -45,25 +45,31 @@ static const char *created(tg_entity_t ent, json_t *fields, bool secret) {
   return ids[n++];
 }
 
-/* One API key for an app subscribed to the /v1 API, in an in-memory store. */
+/* One API key for an app subscribed to the /v1 API, loaded from a scratch store. */
 static void setup_policy(void) {
   tg_keys_init();
   memset(&fsrv.secret, 0x11, sizeof(fsrv.secret));
-  tg_store_options_t o = {.path = ":memory:", .busy_timeout_ms = 100, .mode = TG_STORE_OPEN_MIGRATE};
+  /* a scratch store, gone once the policy is loaded from it */
+  static char path[64];
+  snprintf(path, sizeof(path), "/tmp/tg-fuzz-proxy-%ld.db", (long)getpid());
+  tg_store_options_t o = {.path = path, .busy_timeout_ms = 100, .mode = TG_STORE_OPEN_MIGRATE};
   tg_problem_t p = {0};
   if (tg_store_open(&o, &fstore, NULL, NULL, &p) != TG_OK) {
     fprintf(stderr, "fuzz_proxy setup: %s\n", p.detail);
     abort();
   }
-  const char *api = created(TG_ENT_API, json_pack("{s:s,s:s,s:s}", "slug", "v1", "name", "v1",
-                                                  "path_prefix", "/v1"), false);
-  const char *plan = created(TG_ENT_PLAN, json_pack("{s:s,s:s,s:s,s:i}", "api_id", api, "slug",
-                                                    "gold", "name", "Gold", "rate_per_second",
-                                                    1000000000), false);
-  const char *dev = created(TG_ENT_DEVELOPER, json_pack("{s:s,s:s}", "email", "f@example.com",
-                                                        "status", "active"), false);
-  const char *app = created(TG_ENT_APP, json_pack("{s:s,s:s}", "developer_id", dev, "name", "a"),
-                            false);
+  const char *api =
+      created(TG_ENT_API,
+              json_pack("{s:s,s:s,s:s}", "slug", "v1", "name", "v1", "path_prefix", "/v1"), false);
+  const char *plan = created(TG_ENT_PLAN,
+                             json_pack("{s:s,s:s,s:s,s:i}", "api_id", api, "slug", "gold", "name",
+                                       "Gold", "rate_per_second", 1000000000),
+                             false);
+  const char *dev =
+      created(TG_ENT_DEVELOPER,
+              json_pack("{s:s,s:s}", "email", "f@example.com", "status", "active"), false);
+  const char *app =
+      created(TG_ENT_APP, json_pack("{s:s,s:s}", "developer_id", dev, "name", "a"), false);
   created(TG_ENT_SUBSCRIPTION,
           json_pack("{s:s,s:s,s:s}", "app_id", app, "api_id", api, "plan_id", plan), false);
   char prefix[TG_TOKEN_PREFIX_MAX + 1], hex[TG_DIGEST_HEX_LEN + 1];
@@ -81,6 +87,14 @@ static void setup_policy(void) {
     fprintf(stderr, "fuzz_proxy setup: %s\n", err);
     abort();
   }
+  tg_store_close(fstore);
+  fstore = NULL;
+  char extra[80];
+  unlink(path);
+  snprintf(extra, sizeof(extra), "%s-wal", path);
+  unlink(extra);
+  snprintf(extra, sizeof(extra), "%s-shm", path);
+  unlink(extra);
   froutes[0].auth_key = true;
   froutes[0].api_no = gw_policy_api_no(fsrv.policy, api);
   snprintf(froutes[0].key_query_param, sizeof(froutes[0].key_query_param), "api_key");

@@ -448,6 +448,298 @@ TG_TEST(usage_calls_since_counts_served_minutes_per_subscription) {
   EXPECT_RC(tg_store_usage_calls_since(S, since, NULL, NULL, &p), TG_EINVAL, "cb");
 }
 
+/* ---- compaction and reports --------------------------------------------- */
+
+#define DAY0 1699920000 /* 2023-11-14 00:00:00 UTC, a day start */
+
+/* Traffic over two days: minute rows for two keys on two APIs, served and
+ * refused, at minutes spread over the hours. */
+static int64_t seed_two_days(void) {
+  tg_problem_t p = {0};
+  tg_usage_row_t rows[64];
+  int n = 0;
+  int64_t total = 0;
+  for (int d = 0; d < 2; d++)
+    for (int h = 0; h < 24; h += 5)
+      for (int m = 0; m < 60; m += 29) {
+        int64_t t = DAY0 + d * 86400 + h * 3600 + m * 60;
+        rows[n] = urow(h % 2 ? "key_A" : "key_B", "sub_A", m == 0 ? 2 : m == 29 ? 4 : 5, "", 3 + h);
+        rows[n].period_start = t;
+        rows[n].api_id = d ? "api_02" : "api_01";
+        total += rows[n].calls;
+        n++;
+        rows[n] = urow("", "", 0, m ? "invalid_key" : "rate_limited", 1 + m % 3);
+        rows[n].period_start = t;
+        rows[n].api_id = d ? "api_02" : "api_01";
+        total += rows[n].calls;
+        n++;
+      }
+  if (tg_store_usage_add(S, rows, (size_t)n, &p) != TG_OK)
+    abort();
+  return total;
+}
+
+typedef struct sums {
+  int64_t calls, billable, e4, e5, rejected, invalid, limited, bytes_in, lat, h[TG_USAGE_BUCKETS];
+  int rows;
+} sums_t;
+
+static int report(tg_usage_query_t q, sums_t *out) {
+  tg_problem_t p = {0};
+  tg_usage_cursor_t *cur = NULL;
+  memset(out, 0, sizeof(*out));
+  int rc = tg_store_usage_open(S, &q, &cur, &p);
+  if (rc)
+    return rc;
+  tg_usage_total_t t;
+  while ((rc = tg_store_usage_next(cur, &t, &p)) == 1) {
+    out->rows++;
+    out->calls += t.calls;
+    out->billable += t.billable;
+    out->e4 += t.errors_4xx;
+    out->e5 += t.errors_5xx;
+    out->rejected += t.rejected;
+    out->invalid += t.rejected_by[1];
+    out->limited += t.rejected_by[5];
+    out->bytes_in += t.bytes_in;
+    out->lat += t.latency_us_sum;
+    for (int k = 0; k < TG_USAGE_BUCKETS; k++)
+      out->h[k] += t.h[k];
+  }
+  tg_store_usage_close(cur);
+  return rc;
+}
+
+static void assert_same(const sums_t *a, const sums_t *b) {
+  ASSERT_INT_EQ(a->calls, b->calls);
+  ASSERT_INT_EQ(a->billable, b->billable);
+  ASSERT_INT_EQ(a->e4, b->e4);
+  ASSERT_INT_EQ(a->e5, b->e5);
+  ASSERT_INT_EQ(a->rejected, b->rejected);
+  ASSERT_INT_EQ(a->invalid, b->invalid);
+  ASSERT_INT_EQ(a->limited, b->limited);
+  ASSERT_INT_EQ(a->bytes_in, b->bytes_in);
+  ASSERT_INT_EQ(a->lat, b->lat);
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++)
+    ASSERT_INT_EQ(a->h[k], b->h[k]);
+}
+
+static int64_t count_rows(int64_t g) {
+  sqlite3_stmt *q = NULL;
+  sqlite3_prepare_v2(RAW, "SELECT count(*) FROM usage_rollups WHERE granularity = ?", -1, &q, NULL);
+  sqlite3_bind_int64(q, 1, g);
+  int64_t n = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -1;
+  sqlite3_finalize(q);
+  return n;
+}
+
+static tg_usage_compact_stats_t compact_all(int64_t now, tg_usage_retention_t ret) {
+  tg_problem_t p = {0};
+  tg_usage_compact_stats_t st = {0}, one;
+  for (int i = 0; i < 1000; i++) {
+    if (tg_store_usage_compact(S, now, 60, &ret, 10, &one, &p) != TG_OK)
+      abort();
+    st.hours += one.hours;
+    st.days += one.days;
+    st.minute_rows_deleted += one.minute_rows_deleted;
+    st.hour_rows_deleted += one.hour_rows_deleted;
+    st.compacted_hours = one.compacted_hours;
+    st.compacted_days = one.compacted_days;
+    if (!one.more)
+      break;
+  }
+  return st;
+}
+
+TG_TEST(usage_reports_give_the_same_totals_from_every_granularity) {
+  fresh();
+  int64_t total = seed_two_days();
+  tg_usage_query_t q = {.from = DAY0, .to = DAY0 + 2 * 86400, .bucket = 60, .status_class = -1};
+  sums_t by_minute, x;
+  ASSERT_INT_EQ(report(q, &by_minute), 0);
+  ASSERT_INT_EQ(by_minute.calls, total);
+  ASSERT(by_minute.rejected > 0 && by_minute.billable > 0 && by_minute.e5 > 0 && by_minute.e4 > 0);
+  ASSERT_INT_EQ(by_minute.calls, by_minute.billable + by_minute.e5 + by_minute.rejected);
+  ASSERT_INT_EQ(by_minute.rejected, by_minute.invalid + by_minute.limited);
+  /* compact everything (now: a day after the traffic) */
+  tg_usage_retention_t keep = {0, 0};
+  tg_usage_compact_stats_t st = compact_all(DAY0 + 3 * 86400, keep);
+  ASSERT_INT_EQ(st.hours, 71); /* the last hour ends less than `lag` before now */
+  ASSERT_INT_EQ(st.days, 2);
+  ASSERT(count_rows(3600) > 0 && count_rows(86400) > 0);
+  /* the same totals whichever rows serve the report */
+  int64_t buckets[] = {60, 3600, 86400, 0};
+  for (size_t i = 0; i < 4; i++) {
+    q.bucket = buckets[i];
+    ASSERT_INT_EQ(report(q, &x), 0);
+    assert_same(&x, &by_minute);
+  }
+  q.bucket = 86400;
+  ASSERT_INT_EQ(report(q, &x), 0);
+  ASSERT_INT_EQ(x.rows, 2); /* one row per day */
+  /* an unaligned range mixes minute, hour and day rows, still exact */
+  q = (tg_usage_query_t){.from = DAY0 + 3600 * 5 + 29 * 60,
+                         .to = DAY0 + 86400 + 3600 * 10 + 60,
+                         .bucket = 60,
+                         .status_class = -1};
+  sums_t fine;
+  ASSERT_INT_EQ(report(q, &fine), 0);
+  q.bucket = 0;
+  ASSERT_INT_EQ(report(q, &x), 0);
+  assert_same(&x, &fine);
+  /* running compaction again changes nothing */
+  int64_t hours = count_rows(3600), days = count_rows(86400);
+  st = compact_all(DAY0 + 3 * 86400, keep);
+  ASSERT_INT_EQ(st.hours + st.days, 0);
+  ASSERT_INT_EQ(count_rows(3600), hours);
+  ASSERT_INT_EQ(count_rows(86400), days);
+}
+
+TG_TEST(usage_compaction_is_idempotent_after_a_crash_halfway) {
+  fresh();
+  seed_two_days();
+  tg_problem_t p = {0};
+  tg_usage_retention_t keep = {0, 0};
+  tg_usage_compact_stats_t st;
+  /* a few periods, then "crash": a recompute of the same period is harmless */
+  EXPECT_RC(tg_store_usage_compact(S, DAY0 + 3 * 86400, 60, &keep, 7, &st, &p), TG_OK, "");
+  ASSERT(st.more);
+  ASSERT_INT_EQ(st.hours, 7);
+  /* redo the last compacted hour by hand, as a crash before its watermark would */
+  EXPECT_RC(tg_store_meta_set(S, "usage.compacted.3600", "1699941600", &p), TG_OK, "");
+  compact_all(DAY0 + 3 * 86400, keep);
+  tg_usage_query_t q = {.from = DAY0, .to = DAY0 + 2 * 86400, .bucket = 60, .status_class = -1};
+  sums_t a, b;
+  ASSERT_INT_EQ(report(q, &a), 0);
+  q.bucket = 86400;
+  ASSERT_INT_EQ(report(q, &b), 0);
+  assert_same(&a, &b);
+}
+
+TG_TEST(usage_late_minutes_reach_compacted_hours_and_days) {
+  fresh();
+  seed_two_days();
+  tg_usage_retention_t keep = {0, 0};
+  compact_all(DAY0 + 3 * 86400, keep);
+  tg_problem_t p = {0};
+  tg_usage_row_t late = urow("key_A", "sub_A", 2, "", 11);
+  late.period_start = DAY0 + 3600 * 7 + 120; /* an hour compacted long ago */
+  EXPECT_RC(tg_store_usage_add(S, &late, 1, &p), TG_OK, "");
+  tg_usage_query_t q = {.from = DAY0, .to = DAY0 + 2 * 86400, .bucket = 60, .status_class = -1};
+  sums_t a, b, c;
+  ASSERT_INT_EQ(report(q, &a), 0);
+  q.bucket = 3600;
+  ASSERT_INT_EQ(report(q, &b), 0);
+  q.bucket = 86400;
+  ASSERT_INT_EQ(report(q, &c), 0);
+  assert_same(&a, &b);
+  assert_same(&a, &c);
+}
+
+TG_TEST(usage_retention_removes_only_what_coarser_rows_hold) {
+  fresh();
+  int64_t total = seed_two_days();
+  /* now: ten days later; keep minutes 7 days, hours forever */
+  tg_usage_retention_t ret = {7 * 86400, 0};
+  tg_usage_compact_stats_t st = compact_all(DAY0 + 10 * 86400, ret);
+  ASSERT(st.minute_rows_deleted > 0);
+  ASSERT_INT_EQ(count_rows(60), 0);
+  tg_usage_query_t q = {.from = DAY0, .to = DAY0 + 2 * 86400, .bucket = 60, .status_class = -1};
+  sums_t x;
+  tg_problem_t p = {0};
+  tg_usage_cursor_t *cur = NULL;
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_EINVAL, "from");
+  ASSERT(cur == NULL);
+  q.bucket = 3600;
+  ASSERT_INT_EQ(report(q, &x), 0);
+  ASSERT_INT_EQ(x.calls, total);
+  /* quotas still count everything in the month */
+  totals_t t = {0};
+  EXPECT_RC(tg_store_usage_calls_since(S, DAY0 - 13 * 86400, collect_total, &t, &p), TG_OK, "");
+  ASSERT_INT_EQ(t.n, 1);
+  ASSERT_INT_EQ(t.calls[0], x.billable + x.e5);
+  /* hours kept 3 days: gone too, days remain */
+  ret.hours_s = 3 * 86400;
+  compact_all(DAY0 + 10 * 86400, ret);
+  ASSERT_INT_EQ(count_rows(3600), 0);
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_EINVAL, "from");
+  q.bucket = 86400;
+  ASSERT_INT_EQ(report(q, &x), 0);
+  ASSERT_INT_EQ(x.calls, total);
+}
+
+TG_TEST(usage_report_groups_and_filters) {
+  fresh();
+  seed_two_days();
+  tg_problem_t p = {0};
+  tg_usage_query_t q = {.from = DAY0,
+                        .to = DAY0 + 2 * 86400,
+                        .bucket = 86400,
+                        .group_by = TG_USAGE_BY_KEY | TG_USAGE_BY_API | TG_USAGE_BY_STATUS_CLASS,
+                        .status_class = -1};
+  tg_usage_cursor_t *cur = NULL;
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_OK, "");
+  tg_usage_total_t t, prev = {0};
+  int n = 0;
+  int64_t sum = 0;
+  char pk[64] = "", pa[64] = "";
+  int pc = -2;
+  while (tg_store_usage_next(cur, &t, &p) == 1) {
+    /* ordered by bucket, then key, api, status class */
+    if (n) {
+      int cmp = t.period_start != prev.period_start ? (t.period_start > prev.period_start ? 1 : -1)
+                : strcmp(t.key_id, pk)              ? strcmp(t.key_id, pk)
+                : strcmp(t.api_id, pa)              ? strcmp(t.api_id, pa)
+                                                    : t.status_class - pc;
+      ASSERT(cmp > 0);
+    }
+    ASSERT_STR_EQ(t.app_id, ""); /* not grouped */
+    ASSERT(t.status_class >= 0);
+    ASSERT_STR_EQ(t.api_id, t.period_start == DAY0 ? "api_01" : "api_02");
+    snprintf(pk, sizeof(pk), "%s", t.key_id);
+    snprintf(pa, sizeof(pa), "%s", t.api_id);
+    pc = t.status_class;
+    prev = t;
+    sum += t.calls;
+    n++;
+  }
+  tg_store_usage_close(cur);
+  ASSERT(n > 4);
+  q.group_by = 0;
+  q.bucket = 0;
+  sums_t all, f;
+  ASSERT_INT_EQ(report(q, &all), 0);
+  ASSERT_INT_EQ(all.calls, sum);
+  q.key_id = "key_A";
+  q.api_id = "api_02";
+  ASSERT_INT_EQ(report(q, &f), 0);
+  ASSERT(f.calls > 0 && f.calls < all.calls);
+  ASSERT_INT_EQ(f.rejected, 0);
+  q.key_id = q.api_id = NULL;
+  q.status_class = 0;
+  ASSERT_INT_EQ(report(q, &f), 0);
+  ASSERT_INT_EQ(f.calls, all.rejected);
+  /* month buckets and bad queries */
+  q = (tg_usage_query_t){.from = 1698796800,
+                         .to = 1701388800,
+                         .bucket = TG_USAGE_MONTH,
+                         .status_class = -1}; /* November 2023 */
+  ASSERT_INT_EQ(report(q, &f), 0);
+  ASSERT_INT_EQ(f.rows, 1);
+  ASSERT_INT_EQ(f.calls, all.calls);
+  q.from += 86400;
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_EINVAL, "from");
+  memset(&p, 0, sizeof(p));
+  q = (tg_usage_query_t){.from = DAY0, .to = DAY0, .bucket = 60, .status_class = -1};
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_EINVAL, "to");
+  memset(&p, 0, sizeof(p));
+  q = (tg_usage_query_t){.from = DAY0 + 60, .to = DAY0 + 86400, .bucket = 3600, .status_class = -1};
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_EINVAL, "from");
+  memset(&p, 0, sizeof(p));
+  q = (tg_usage_query_t){.from = DAY0, .to = DAY0 + 86400, .bucket = 7, .status_class = -1};
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_EINVAL, "bucket");
+}
+
 int main(int argc, char **argv) {
   int rc = tg_test_main(argc, argv);
   teardown();
