@@ -73,6 +73,12 @@ typedef struct adm_req {
   adm_header_t headers[ADM_MAX_HEADERS];
   int nheaders;
   bool responded;
+  /* a streamed response (adm_stream), with its own store connection */
+  struct tg_report *stream;
+  tg_store_t *stream_store;
+  const char *stream_data;
+  size_t stream_len, stream_off;
+  bool stream_done;
 } adm_req_t;
 
 /* ---- responses (handlers) ------------------------------------------------ */
@@ -85,6 +91,16 @@ void adm_raw(adm_req_t *r, int status, const char *type, const char *data, size_
 
 /* Respond 204 No Content. */
 void adm_no_content(adm_req_t *r);
+
+/* Answer with a report streamed in chunks (Transfer-Encoding: chunked).
+ * The request takes over `rep` and `store` (a connection of its own,
+ * adm_open_store) and closes both when the transfer ends. An error half-way
+ * aborts the transfer, so a client never takes a cut report for a whole one. */
+void adm_stream(adm_req_t *r, int status, const char *type, struct tg_report *rep,
+                tg_store_t *store);
+
+/* A store connection of its own (for a stream that outlives the handler). */
+tg_store_t *adm_open_store(adm_server_t *srv, tg_problem_t *p);
 
 /* Add a response header (value formatted; copied). */
 void adm_header(adm_req_t *r, const char *name, const char *fmt, ...)

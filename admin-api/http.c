@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "admin-api/adm.h"
+#include "core/report.h"
 #include "core/lifecycle.h"
 #include "core/log.h"
 #include "core/util.h"
@@ -281,9 +282,55 @@ static void set_request_id(adm_req_t *r) {
   tg_hex_encode(raw, sizeof(raw), r->request_id);
 }
 
+/* MHD asks for the next bytes of a streamed response. */
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+  adm_req_t *r = cls;
+  (void)pos;
+  while (r->stream_off >= r->stream_len) {
+    if (r->stream_done)
+      return MHD_CONTENT_READER_END_OF_STREAM;
+    tg_problem_t p = {0};
+    int rc = tg_report_read(r->stream, &r->stream_data, &r->stream_len, &p);
+    r->stream_off = 0;
+    if (rc < 0) {
+      tg_log(TG_LOG_ERROR, "report stream failed", "request_id", r->request_id, "error", p.detail,
+             NULL);
+      return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    if (rc == 0) {
+      r->stream_done = true;
+      r->stream_len = 0;
+    }
+  }
+  size_t n = r->stream_len - r->stream_off;
+  if (n > max)
+    n = max;
+  memcpy(buf, r->stream_data + r->stream_off, n);
+  r->stream_off += n;
+  return (ssize_t)n;
+}
+
+void adm_stream(adm_req_t *r, int status, const char *type, struct tg_report *rep,
+                tg_store_t *store) {
+  reset_response(r);
+  r->status = status;
+  r->resp_type = type;
+  r->stream = rep;
+  r->stream_store = store;
+}
+
+tg_store_t *adm_open_store(adm_server_t *srv, tg_problem_t *p) {
+  tg_store_t *s = NULL;
+  tg_store_open(&srv->store_opt, &s, NULL, NULL, p);
+  return s;
+}
+
 static enum MHD_Result send_response(adm_req_t *r) {
-  struct MHD_Response *resp = MHD_create_response_from_buffer(
-      r->resp_len, r->resp_body ? r->resp_body : (void *)"", MHD_RESPMEM_MUST_COPY);
+  struct MHD_Response *resp =
+      r->stream
+          ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 32 * 1024, stream_reader, r, NULL)
+          : MHD_create_response_from_buffer(r->resp_len, r->resp_body ? r->resp_body : (void *)"",
+                                            MHD_RESPMEM_MUST_COPY);
   if (!resp)
     return MHD_NO;
   if (r->resp_type)
@@ -398,6 +445,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
     return;
   reset_response(r);
   free_headers(r);
+  tg_report_close(r->stream);
+  tg_store_close(r->stream_store);
   free(r->body);
   json_decref(r->token);
   for (int i = 0; i < ADM_MAX_PARAMS; i++)

@@ -22,6 +22,7 @@
 #include <strings.h>
 
 #include "admin-api/adm.h"
+#include "core/report.h"
 #include "admin-api/openapi.h"
 #include "core/config_io.h"
 #include "core/lifecycle.h"
@@ -878,10 +879,88 @@ out:
   (void)rt;
 }
 
+static const char *query_get(void *ctx, const char *name) {
+  return adm_query((adm_req_t *)ctx, name);
+}
+
+/* Reports stream from a store connection of their own, in one read
+ * transaction: the numbers are one consistent view however long the
+ * transfer takes. */
+static void report_stream(adm_req_t *r, tg_report_t *rep, tg_store_t *s, const char *filename) {
+  adm_header(r, "Content-Disposition", "%s; filename=\"%s\"",
+             strncmp(tg_report_type(rep), "text/csv", 8) == 0 ? "attachment" : "inline", filename);
+  adm_stream(r, 200, tg_report_type(rep), rep, s);
+}
+
 static void h_usage(adm_req_t *r, const route_t *rt) {
-  adm_problem(r, 501, "not-implemented", "Not implemented", NULL,
-              "usage reports are not available yet in this version");
   (void)rt;
+  tg_problem_t p = {0};
+  tg_report_params_t rp;
+  int rc = tg_report_params_parse(r->store, query_get, r, adm_header_in(r, "Accept"), &rp, &p);
+  if (rc == TG_EINVAL) {
+    adm_problem(r, 400, "invalid-query", "Invalid query parameter", &p, "%s: %s", p.field,
+                p.detail);
+    return;
+  }
+  tg_store_t *s = rc ? NULL : adm_open_store(r->srv, &p);
+  tg_report_t *rep = NULL;
+  if (!rc && !s)
+    rc = p.code ? (int)p.code : TG_ESTORE;
+  if (!rc && (rc = tg_report_open(s, &rp, &rep, &p)) == TG_EINVAL) {
+    tg_store_close(s);
+    adm_problem(r, 422, "range-not-available", "The range cannot be reported", &p, "%s: %s",
+                p.field, p.detail);
+    return;
+  }
+  if (rc) {
+    tg_store_close(s);
+    adm_fail(r, rc, &p);
+    return;
+  }
+  char a[21], b[21], name[96];
+  tg_time_format(rp.q.from, a);
+  tg_time_format(rp.q.to, b);
+  snprintf(name, sizeof(name), "usage-%.10s-%.10s.%s", a, b,
+           rp.format == TG_REPORT_CSV ? "csv" : "json");
+  report_stream(r, rep, s, name);
+}
+
+static void h_billing(adm_req_t *r, const route_t *rt) {
+  (void)rt;
+  const char *period = adm_query(r, "period"), *fmt = adm_query(r, "format");
+  const char *accept = adm_header_in(r, "Accept");
+  tg_problem_t p = {0};
+  int64_t a, b;
+  if (!period || tg_billing_period(period, &a, &b) != 0)
+    tg_problem_add(&p, TG_EINVAL, "period", "must be a month as YYYY-MM (e.g. 2026-11)");
+  if (fmt && strcmp(fmt, "json") != 0 && strcmp(fmt, "csv") != 0)
+    tg_problem_add(&p, TG_EINVAL, "format", "must be json or csv");
+  if (p.code) {
+    adm_problem(r, 400, "invalid-query", "Invalid query parameter", &p, "%s: %s", p.field,
+                p.detail);
+    return;
+  }
+  bool csv = fmt ? strcmp(fmt, "csv") == 0 : (accept && strstr(accept, "text/csv"));
+  tg_store_t *s = adm_open_store(r->srv, &p);
+  if (!s) {
+    adm_fail(r, p.code ? (int)p.code : TG_ESTORE, &p);
+    return;
+  }
+  tg_report_t *rep = NULL;
+  int rc = tg_billing_open(s, period, csv ? TG_REPORT_CSV : TG_REPORT_JSON, tg_now(),
+                           tg_config_int(r->srv->cfg, "billing_close_after") / 1000, &rep, &p);
+  if (rc) {
+    tg_store_close(s);
+    if (rc == TG_EINVAL)
+      adm_problem(r, 422, "period-not-available", "The period cannot be billed", &p, "%s: %s",
+                  p.field, p.detail);
+    else
+      adm_fail(r, rc, &p);
+    return;
+  }
+  char name[64];
+  snprintf(name, sizeof(name), "billing-%s.%s", period, csv ? "csv" : "json");
+  report_stream(r, rep, s, name);
 }
 
 static void h_health(adm_req_t *r, const route_t *rt) {
@@ -955,6 +1034,7 @@ static const route_t routes[] = {
     {"GET", "/config", h_config_export, "read", TG_ENT_API, NULL},
     {"POST", "/config", h_config_import, "write", TG_ENT_API, NULL},
     {"GET", "/usage", h_usage, "reports", TG_ENT_API, NULL},
+    {"GET", "/billing", h_billing, "reports", TG_ENT_API, NULL},
 };
 
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
@@ -1182,13 +1262,24 @@ static enum MHD_Result check_query_name(void *cls, enum MHD_ValueKind kind, cons
 static bool query_allowed(adm_req_t *r, const route_t *rt) {
   if (rt->fn == h_list || rt->fn == h_targets_list)
     return true;
-  query_check_t q = {.allowed = rt->fn == h_config_import ? "dry_run,prune" : "", .bad = NULL};
+  query_check_t q = {.allowed = "", .bad = NULL};
+  if (rt->fn == h_config_import)
+    q.allowed = "dry_run,prune";
+  else if (rt->fn == h_usage)
+    q.allowed = "from,to,granularity,group_by,developer_id,app_id,key_id,api_id,plan_id,"
+                "subscription_id,status_class,format";
+  else if (rt->fn == h_billing)
+    q.allowed = "period,format";
   MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, check_query_name, &q);
   if (!q.bad)
     return true;
-  adm_problem(r, 400, "invalid-query", "Invalid query parameter", NULL,
-              "unknown query parameter \"%.64s\" for %s %s%s%s", q.bad, rt->method, rt->pattern,
-              q.allowed[0] ? " (allowed: " : "", q.allowed[0] ? "dry_run, prune)" : "");
+  tg_problem_t p = {0};
+  char field[TG_PROBLEM_FIELD_MAX];
+  snprintf(field, sizeof(field), "%s", q.bad);
+  tg_problem_add(&p, TG_EINVAL, field, "is not a parameter of %s %s", rt->method, rt->pattern);
+  adm_problem(r, 400, "invalid-query", "Invalid query parameter", &p,
+              "unknown query parameter \"%.64s\" for %s %s%s%s%s", q.bad, rt->method, rt->pattern,
+              q.allowed[0] ? " (allowed: " : "", q.allowed, q.allowed[0] ? ")" : "");
   return false;
 }
 

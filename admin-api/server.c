@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "admin-api/adm.h"
@@ -32,6 +34,95 @@
 #define PEM_MAX (1024 * 1024)
 
 extern char **environ;
+
+/* ---- usage compaction: minute rows into hours and days, then retention ---- */
+
+static struct {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool stop, running;
+  adm_server_t *srv;
+} compactor = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static void compact_once(tg_store_t *s, const tg_config_t *cfg) {
+  tg_usage_retention_t ret = {tg_config_int(cfg, "usage_keep_minutes") / 1000,
+                              tg_config_int(cfg, "usage_keep_hours") / 1000};
+  tg_usage_compact_stats_t st;
+  /* catching up after a long stop: many short transactions, with the lock
+   * free in between so the gateway's metering and admin writes go on */
+  for (int round = 0; round < 1000; round++) {
+    tg_problem_t p = {0};
+    if (tg_store_usage_compact(s, tg_now(), 60, &ret, 24, &st, &p) != TG_OK) {
+      tg_log(TG_LOG_WARN, "usage compaction failed; retrying later", "error", p.detail, NULL);
+      return;
+    }
+    if (st.hours || st.days || st.minute_rows_deleted || st.hour_rows_deleted) {
+      char h[24], d[24], m[24], hr[24];
+      snprintf(h, sizeof(h), "%lld", (long long)st.hours);
+      snprintf(d, sizeof(d), "%lld", (long long)st.days);
+      snprintf(m, sizeof(m), "%lld", (long long)st.minute_rows_deleted);
+      snprintf(hr, sizeof(hr), "%lld", (long long)st.hour_rows_deleted);
+      tg_log(TG_LOG_DEBUG, "usage compacted", "hours", h, "days", d, "minute_rows_removed", m,
+             "hour_rows_removed", hr, NULL);
+    }
+    pthread_mutex_lock(&compactor.lock);
+    bool stop = compactor.stop;
+    pthread_mutex_unlock(&compactor.lock);
+    if (!st.more || stop)
+      return;
+  }
+}
+
+static void *compactor_main(void *arg) {
+  (void)arg;
+  const tg_config_t *cfg = compactor.srv->cfg;
+  int64_t interval = tg_config_int(cfg, "usage_compact_interval");
+  tg_problem_t p = {0};
+  tg_store_t *s = adm_open_store(compactor.srv, &p);
+  if (!s) {
+    tg_log(TG_LOG_ERROR, "usage compaction disabled: cannot open the store", "error", p.detail,
+           NULL);
+    return NULL;
+  }
+  pthread_mutex_lock(&compactor.lock);
+  while (!compactor.stop) {
+    pthread_mutex_unlock(&compactor.lock);
+    compact_once(s, cfg);
+    pthread_mutex_lock(&compactor.lock);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += interval / 1000;
+    ts.tv_nsec += (interval % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    while (!compactor.stop && pthread_cond_timedwait(&compactor.cond, &compactor.lock, &ts) == 0)
+      ;
+  }
+  pthread_mutex_unlock(&compactor.lock);
+  tg_store_close(s);
+  return NULL;
+}
+
+static void compactor_start(adm_server_t *srv) {
+  compactor.srv = srv;
+  compactor.running = pthread_create(&compactor.thread, NULL, compactor_main, NULL) == 0;
+  if (!compactor.running)
+    tg_log(TG_LOG_ERROR, "usage compaction disabled: cannot start its thread", NULL);
+}
+
+static void compactor_stop(void) {
+  if (!compactor.running)
+    return;
+  pthread_mutex_lock(&compactor.lock);
+  compactor.stop = true;
+  pthread_cond_signal(&compactor.cond);
+  pthread_mutex_unlock(&compactor.lock);
+  pthread_join(compactor.thread, NULL);
+  compactor.running = false;
+}
 
 /* Read a PEM file (at most PEM_MAX bytes) into a NUL-terminated buffer. */
 static char *read_pem(const char *path, const char *key, tg_problem_t *p) {
@@ -209,6 +300,7 @@ int main(int argc, char **argv) {
   snprintf(url, sizeof(url), "%s://%s", srv.tls ? "https" : "http", where);
   snprintf(ports, sizeof(ports), "%d", port);
   tg_log(TG_LOG_INFO, "admin API listening", "url", url, "port", ports, NULL);
+  compactor_start(&srv);
 
   for (;;) {
     int sig = 0;
@@ -222,6 +314,7 @@ int main(int argc, char **argv) {
     break;
   }
   adm_stop(&srv, tg_config_int(cfg, "drain_timeout"));
+  compactor_stop();
   tg_log(TG_LOG_INFO, "stopped", NULL);
   rc = EXIT_SUCCESS;
 out:

@@ -20,9 +20,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/config.h"
 #include "core/keys.h"
+#include "core/report.h"
 #include "core/store.h"
 #include "core/tokens.h"
 #include "core/util.h"
@@ -42,6 +44,17 @@ static const char usage_text[] =
     "  admin-token list              list admin tokens (never their secrets)\n"
     "  admin-token revoke NAME|ID    revoke an admin token\n"
     "  backup FILE                   consistent online copy of the database\n"
+    "  usage export --from T --to T [--granularity minute|hour|day|month]\n"
+    "               [--group-by DIM[,DIM...]] [--developer-id ID] [--app-id ID] [--key-id ID]\n"
+    "               [--api-id ID] [--plan-id ID] [--subscription-id ID] [--status-class N]\n"
+    "               [--format json|csv] [--output FILE]\n"
+    "                                usage report (times RFC 3339 UTC or YYYY-MM-DD, [from, to));\n"
+    "                                DIM: developer, app, key, api, plan, subscription,\n"
+    "                                status_class\n"
+    "  billing export --period YYYY-MM [--format json|csv] [--output FILE]\n"
+    "                                priced usage per developer and subscription\n"
+    "  usage compact                 compact minute rows into hours and days now and\n"
+    "                                apply retention (tollgate-server does it on its own)\n"
     "\n"
     "options: --help, --version, --check-config (print the effective settings)\n";
 
@@ -333,6 +346,188 @@ out:
   return rc ? fail(&p, rc) : EXIT_SUCCESS;
 }
 
+/* ---- usage and billing exports ------------------------------------------ */
+
+typedef struct kv {
+  const char *name[16];
+  const char *value[16];
+  int n;
+} kv_t;
+
+static const char *kv_get(void *ctx, const char *name) {
+  kv_t *kv = ctx;
+  for (int i = 0; i < kv->n; i++)
+    if (strcmp(kv->name[i], name) == 0)
+      return kv->value[i];
+  return NULL;
+}
+
+/* Write a report to `output` (a temporary file renamed at the end, so a
+ * failed export leaves no partial file) or to stdout. */
+static int write_report(tg_report_t *rep, const char *output, tg_problem_t *p) {
+  char tmp[4096];
+  FILE *f = stdout;
+  if (output && strcmp(output, "-") != 0) {
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp-%ld", output, (long)getpid()) >= (int)sizeof(tmp))
+      return tg_problem_set(p, TG_EINVAL, "output", "the file name is too long");
+    if (!(f = fopen(tmp, "wx")))
+      return tg_problem_set(p, TG_EIO, "output", "cannot create %s: %s", tmp, strerror(errno));
+  }
+  const char *data;
+  size_t len;
+  int rc;
+  while ((rc = tg_report_read(rep, &data, &len, p)) == 1)
+    if (len && fwrite(data, 1, len, f) != len) {
+      rc = tg_problem_set(p, TG_EIO, "output", "write failed: %s", strerror(errno));
+      break;
+    }
+  if (f == stdout)
+    return fflush(stdout) == 0 || rc < 0 ? (rc < 0 ? rc : TG_OK)
+                                         : tg_problem_set(p, TG_EIO, "output", "write failed");
+  if (fclose(f) != 0 && rc >= 0)
+    rc = tg_problem_set(p, TG_EIO, "output", "write failed: %s", strerror(errno));
+  if (rc < 0) {
+    unlink(tmp);
+    return rc;
+  }
+  if (rename(tmp, output) != 0) {
+    unlink(tmp);
+    return tg_problem_set(p, TG_EIO, "output", "cannot rename to %s: %s", output, strerror(errno));
+  }
+  return TG_OK;
+}
+
+static int print_problems(const tg_problem_t *p, int rc) {
+  if (p->nitems > 1) {
+    for (int i = 0; i < p->nitems; i++)
+      fprintf(stderr, "tollgate: %s: %s\n", p->items[i].field, p->items[i].detail);
+    return EXIT_FAILURE;
+  }
+  return fail(p, rc);
+}
+
+static int usage_export(const tg_config_t *cfg, int argc, char **argv) {
+  static const char *const opts[] = {
+      "from",   "to",      "granularity",     "group-by",     "developer-id", "app-id", "key-id",
+      "api-id", "plan-id", "subscription-id", "status-class", "format",       "output"};
+  kv_t kv = {0};
+  const char *output = NULL;
+  for (int i = 0; i < argc; i++) {
+    int hit = 0;
+    for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]) && !hit; k++) {
+      char flag[40];
+      snprintf(flag, sizeof(flag), "--%s", opts[k]);
+      const char *v = NULL;
+      hit = opt_value(argc, argv, &i, flag, &v);
+      if (hit < 0)
+        return usage_error("usage export: %s needs a value", flag);
+      if (hit && strcmp(opts[k], "output") == 0) {
+        output = v;
+      } else if (hit && kv.n < 16) {
+        /* parameter names as in the admin API: group_by, app_id, ... */
+        static char names[16][40];
+        snprintf(names[kv.n], sizeof(names[kv.n]), "%s", opts[k]);
+        for (char *c = names[kv.n]; *c; c++)
+          if (*c == '-')
+            *c = '_';
+        kv.name[kv.n] = names[kv.n];
+        kv.value[kv.n++] = v;
+      }
+    }
+    if (!hit)
+      return usage_error("usage export: unknown argument %s", argv[i]);
+  }
+  tg_problem_t p = {0};
+  tg_store_t *s = NULL;
+  tg_report_t *rep = NULL;
+  tg_report_params_t rp;
+  int rc;
+  if ((rc = open_store(cfg, TG_STORE_OPEN_READONLY, &s, NULL, NULL, &p)) ||
+      (rc = tg_report_params_parse(s, kv_get, &kv, NULL, &rp, &p)) ||
+      (rc = tg_report_open(s, &rp, &rep, &p)))
+    goto out;
+  rc = write_report(rep, output, &p);
+out:
+  tg_report_close(rep);
+  tg_store_close(s);
+  return rc ? print_problems(&p, rc) : EXIT_SUCCESS;
+}
+
+static int usage_compact(const tg_config_t *cfg, int argc, char **argv) {
+  if (argc != 0)
+    return usage_error("usage compact: unexpected argument %s", argv[0]);
+  tg_problem_t p = {0};
+  tg_store_t *s = NULL;
+  int rc;
+  tg_usage_retention_t ret = {tg_config_int(cfg, "usage_keep_minutes") / 1000,
+                              tg_config_int(cfg, "usage_keep_hours") / 1000};
+  tg_usage_compact_stats_t st = {0}, one;
+  if ((rc = open_store(cfg, TG_STORE_OPEN_CURRENT, &s, NULL, NULL, &p)))
+    goto out;
+  do {
+    if ((rc = tg_store_usage_compact(s, tg_now(), 60, &ret, 240, &one, &p)))
+      goto out;
+    st.hours += one.hours;
+    st.days += one.days;
+    st.minute_rows_deleted += one.minute_rows_deleted;
+    st.hour_rows_deleted += one.hour_rows_deleted;
+  } while (one.more);
+  char a[21], b[21];
+  tg_time_format(one.compacted_hours, a);
+  tg_time_format(one.compacted_days, b);
+  fprintf(stderr,
+          "compacted %lld hours and %lld days (hours done before %s, days before %s); removed "
+          "%lld minute rows and %lld hour rows\n",
+          (long long)st.hours, (long long)st.days, a, b, (long long)st.minute_rows_deleted,
+          (long long)st.hour_rows_deleted);
+out:
+  tg_store_close(s);
+  return rc ? fail(&p, rc) : EXIT_SUCCESS;
+}
+
+static int cmd_usage(const tg_config_t *cfg, int argc, char **argv) {
+  if (argc >= 1 && strcmp(argv[0], "export") == 0)
+    return usage_export(cfg, argc - 1, argv + 1);
+  if (argc >= 1 && strcmp(argv[0], "compact") == 0)
+    return usage_compact(cfg, argc - 1, argv + 1);
+  return usage_error("usage: give a subcommand (export, compact)%s", "");
+}
+
+static int cmd_billing(const tg_config_t *cfg, int argc, char **argv) {
+  if (argc < 1 || strcmp(argv[0], "export") != 0)
+    return usage_error("billing: give a subcommand (export)%s", "");
+  const char *period = NULL, *format = NULL, *output = NULL;
+  for (int i = 1; i < argc; i++) {
+    int a = opt_value(argc, argv, &i, "--period", &period), b = 0, c = 0;
+    if (!a)
+      b = opt_value(argc, argv, &i, "--format", &format);
+    if (!a && !b)
+      c = opt_value(argc, argv, &i, "--output", &output);
+    if (a < 0 || b < 0 || c < 0)
+      return usage_error("billing export: %s needs a value", argv[i]);
+    if (!a && !b && !c)
+      return usage_error("billing export: unknown argument %s", argv[i]);
+  }
+  if (!period)
+    return usage_error("billing export: --period YYYY-MM is required%s", "");
+  if (format && strcmp(format, "json") != 0 && strcmp(format, "csv") != 0)
+    return usage_error("billing export: --format must be json or csv, not %s", format);
+  tg_problem_t p = {0};
+  tg_store_t *s = NULL;
+  tg_report_t *rep = NULL;
+  int rc;
+  if ((rc = open_store(cfg, TG_STORE_OPEN_CURRENT, &s, NULL, NULL, &p)) ||
+      (rc = tg_billing_open(s, period,
+                            format && strcmp(format, "csv") == 0 ? TG_REPORT_CSV : TG_REPORT_JSON,
+                            tg_now(), tg_config_int(cfg, "billing_close_after") / 1000, &rep, &p)))
+    goto out;
+  rc = write_report(rep, output, &p);
+out:
+  tg_report_close(rep);
+  tg_store_close(s);
+  return rc ? fail(&p, rc) : EXIT_SUCCESS;
+}
+
 extern char **environ;
 
 int main(int argc, char **argv) {
@@ -340,10 +535,8 @@ int main(int argc, char **argv) {
     const char *name;
     int (*fn)(const tg_config_t *, int, char **);
   } commands[] = {
-      {"migrate", cmd_migrate},
-      {"status", cmd_status},
-      {"admin-token", cmd_admin_token},
-      {"backup", cmd_backup},
+      {"migrate", cmd_migrate}, {"status", cmd_status}, {"admin-token", cmd_admin_token},
+      {"backup", cmd_backup},   {"usage", cmd_usage},   {"billing", cmd_billing},
   };
   tg_config_t *cfg = NULL;
   tg_problem_t p = {0};

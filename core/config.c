@@ -158,6 +158,39 @@ const tg_cfg_key_t tg_config_keys[] = {
         .max = 600000,
         .help = "on SIGTERM, how long in-flight requests may take to finish",
     },
+    {
+        .name = "usage_keep_minutes",
+        .type = TG_CFG_DURATION,
+        .def = "168h",
+        .min = 0,
+        .max = INT64_C(100) * 366 * 86400000,
+        .help = "keep minute usage rows this long once compacted into hours (0: forever)",
+    },
+    {
+        .name = "usage_keep_hours",
+        .type = TG_CFG_DURATION,
+        .def = "2160h",
+        .min = 0,
+        .max = INT64_C(100) * 366 * 86400000,
+        .help = "keep hourly usage rows this long once compacted into days (0: forever; days are "
+                "kept forever)",
+    },
+    {
+        .name = "usage_compact_interval",
+        .type = TG_CFG_DURATION,
+        .def = "60s",
+        .min = 100,
+        .max = 3600000,
+        .help = "how often tollgate-server compacts usage rows and applies retention",
+    },
+    {
+        .name = "billing_close_after",
+        .type = TG_CFG_DURATION,
+        .def = "24h",
+        .min = 0,
+        .max = INT64_C(90) * 86400000,
+        .help = "a month's billing closes (and is kept, byte-identical) this long after it ends",
+    },
     /* tollgate-gateway */
     {
         .name = "gateway_listen",

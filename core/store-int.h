@@ -54,6 +54,9 @@ typedef struct tg_store_vtab {
   void (*usage_close)(tg_usage_cursor_t *cur);
   int (*usage_compact)(tg_store_t *s, int64_t now, int64_t lag, const tg_usage_retention_t *ret,
                        int max_periods, tg_usage_compact_stats_t *st, tg_problem_t *p);
+  int (*billing_get)(tg_store_t *s, const char *period, char **lines, tg_problem_t *p);
+  int (*billing_put)(tg_store_t *s, const char *period, int64_t generated_at, const char *lines,
+                     tg_problem_t *p);
 } tg_store_vtab_t;
 
 /* Every backend's report cursor starts with this. */

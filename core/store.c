@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "core/migrate.h"
+#include "core/report.h"
 #include "core/store-int.h"
 
 int tg_store_open(const tg_store_options_t *opt, tg_store_t **out, int *from, int *to,
@@ -350,9 +351,7 @@ static bool is_id_like(const char *v) {
   return strlen(v) <= TG_USAGE_ID_MAX;
 }
 
-int tg_store_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
-                        tg_problem_t *p) {
-  *out = NULL;
+int tg_usage_query_check(const tg_usage_query_t *q, tg_problem_t *p) {
   int64_t b = q->bucket;
   if (b != 0 && b != 60 && b != 3600 && b != 86400 && b != TG_USAGE_MONTH)
     return tg_problem_set(p, TG_EINVAL, "bucket", "must be minute, hour, day or month");
@@ -386,6 +385,15 @@ int tg_store_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_curso
   for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
     if (f[i] && !is_id_like(f[i]))
       return tg_problem_set(p, TG_EINVAL, "filter", "an id is too long");
+  return TG_OK;
+}
+
+int tg_store_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
+                        tg_problem_t *p) {
+  *out = NULL;
+  int rc = tg_usage_query_check(q, p);
+  if (rc)
+    return rc;
   return s->vt->usage_open(s, q, out, p);
 }
 
@@ -427,6 +435,27 @@ int tg_store_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb c
       break;
   tg_store_usage_close(cur);
   return rc < 0 || rc > 1 ? rc : TG_OK;
+}
+
+static bool period_ok(const char *period) {
+  int64_t a, b;
+  return period && tg_billing_period(period, &a, &b) == 0;
+}
+
+int tg_store_billing_get(tg_store_t *s, const char *period, char **lines, tg_problem_t *p) {
+  *lines = NULL;
+  if (!period_ok(period))
+    return tg_problem_set(p, TG_EINVAL, "period", "must be YYYY-MM");
+  return s->vt->billing_get(s, period, lines, p);
+}
+
+int tg_store_billing_put(tg_store_t *s, const char *period, int64_t generated_at, const char *lines,
+                         tg_problem_t *p) {
+  if (!period_ok(period))
+    return tg_problem_set(p, TG_EINVAL, "period", "must be YYYY-MM");
+  if (!lines || lines[0] != '[')
+    return tg_problem_set(p, TG_EINVAL, "lines", "must be a JSON array");
+  return s->vt->billing_put(s, period, generated_at, lines, p);
 }
 
 const char *tg_store_backend(tg_store_t *s) {

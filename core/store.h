@@ -321,6 +321,9 @@ typedef struct tg_usage_cursor tg_usage_cursor_t;
  */
 int tg_store_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
                         tg_problem_t *p);
+/* The checks tg_store_usage_open makes before reading (alignment, ranges),
+ * for callers that tell bad parameters (400) from unavailable data (422). */
+int tg_usage_query_check(const tg_usage_query_t *q, tg_problem_t *p);
 /* 1: *row filled (strings valid until the next call); 0: no more; <0: error. */
 int tg_store_usage_next(tg_usage_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p);
 void tg_store_usage_close(tg_usage_cursor_t *cur); /* NULL is a no-op */
@@ -345,6 +348,14 @@ typedef struct tg_usage_compact_stats {
  */
 int tg_store_usage_compact(tg_store_t *s, int64_t now, int64_t lag, const tg_usage_retention_t *ret,
                            int max_periods, tg_usage_compact_stats_t *st, tg_problem_t *p);
+
+/* A kept billing statement of a closed month (schema/0004_billing.sql).
+ * get: *lines malloc'd JSON array text, or TG_ENOTFOUND. put: keeps the
+ * first statement of a period (a second put of the same period is a
+ * no-op, TG_OK), so concurrent first exports agree on one. */
+int tg_store_billing_get(tg_store_t *s, const char *period, char **lines, tg_problem_t *p);
+int tg_store_billing_put(tg_store_t *s, const char *period, int64_t generated_at, const char *lines,
+                         tg_problem_t *p);
 
 /* Test and debug support: the backend's name ("sqlite") and, for SQLite,
  * the database file path. */

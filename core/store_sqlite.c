@@ -1683,6 +1683,46 @@ static void s_usage_close(tg_usage_cursor_t *c) {
   free(cur);
 }
 
+static int s_billing_get(tg_store_t *s, const char *period, char **lines, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st, "SELECT lines FROM billing_statements WHERE period = ?", &stmt) != SQLITE_OK)
+    return sql_error(st, "billing", p);
+  sqlite3_bind_text(stmt, 1, period, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) {
+    const char *v = (const char *)sqlite3_column_text(stmt, 0);
+    if (!v || !(*lines = strdup(v)))
+      result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+  } else if (rc == SQLITE_DONE) {
+    result = tg_problem_set(p, TG_ENOTFOUND, "period", "no statement kept for %s", period);
+  } else {
+    result = sql_error(st, "billing", p);
+  }
+  stmt_release(st, stmt);
+  return result;
+}
+
+static int s_billing_put(tg_store_t *s, const char *period, int64_t generated_at, const char *lines,
+                         tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st,
+                   "INSERT INTO billing_statements (period, generated_at, lines) VALUES (?, ?, ?) "
+                   "ON CONFLICT (period) DO NOTHING",
+                   &stmt) != SQLITE_OK)
+    return sql_error(st, "billing", p);
+  sqlite3_bind_text(stmt, 1, period, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(stmt, 2, generated_at);
+  sqlite3_bind_text(stmt, 3, lines, -1, SQLITE_STATIC);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, "billing", p);
+  stmt_release(st, stmt);
+  return result;
+}
+
 static const tg_store_vtab_t sqlite_vtab = {
     .name = "sqlite",
     .close = s_close,
@@ -1712,4 +1752,6 @@ static const tg_store_vtab_t sqlite_vtab = {
     .usage_next = s_usage_next,
     .usage_close = s_usage_close,
     .usage_compact = s_usage_compact,
+    .billing_get = s_billing_get,
+    .billing_put = s_billing_put,
 };

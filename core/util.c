@@ -114,6 +114,69 @@ void tg_time_format(int64_t t, char out[21]) {
   strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+static int digits(const char *s, int n, int *out) {
+  int v = 0;
+  for (int i = 0; i < n; i++) {
+    if (s[i] < '0' || s[i] > '9')
+      return -1;
+    v = v * 10 + (s[i] - '0');
+  }
+  *out = v;
+  return 0;
+}
+
+int tg_time_parse(const char *s, int64_t *out, bool *exact) {
+  int y, mo, d, h = 0, mi = 0, sec = 0, oh = 0, om = 0, sign = 0;
+  size_t n = strlen(s);
+  bool whole = true;
+  if (n < 10 || digits(s, 4, &y) || s[4] != '-' || digits(s + 5, 2, &mo) || s[7] != '-' ||
+      digits(s + 8, 2, &d))
+    return -1;
+  const char *p = s + 10;
+  if (*p) {
+    if ((*p != 'T' && *p != 't') || strlen(p) < 10 || digits(p + 1, 2, &h) || p[3] != ':' ||
+        digits(p + 4, 2, &mi) || p[6] != ':' || digits(p + 7, 2, &sec))
+      return -1;
+    p += 9;
+    if (*p == '.') {
+      p++;
+      if (*p < '0' || *p > '9')
+        return -1;
+      for (; *p >= '0' && *p <= '9'; p++)
+        if (*p != '0')
+          whole = false;
+    }
+    if (*p == 'Z' || *p == 'z') {
+      p++;
+    } else if (*p == '+' || *p == '-') {
+      sign = *p == '+' ? 1 : -1;
+      if (strlen(p) != 6 || digits(p + 1, 2, &oh) || p[3] != ':' || digits(p + 4, 2, &om) ||
+          oh > 23 || om > 59)
+        return -1;
+      p += 6;
+    } else {
+      return -1;
+    }
+    if (*p)
+      return -1;
+  }
+  static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap) || h > 23 ||
+      mi > 59 || sec > 59)
+    return -1;
+  /* days from the civil date (Howard Hinnant's algorithm), no locale/TZ */
+  int yy = y - (mo <= 2);
+  int era = yy / 400, yoe = yy - era * 400;
+  int doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  int64_t days = (int64_t)era * 146097 + doe - 719468;
+  *out = days * 86400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
+  if (exact)
+    *exact = whole;
+  return 0;
+}
+
 int tg_addr_resolve(const char *hostport, const char *key, struct sockaddr_storage *out,
                     unsigned *len, tg_problem_t *p) {
   char host[256];

@@ -42,6 +42,15 @@ void tg_id_new(const char *prefix, char out[TG_ID_LEN + 1]);
 /* Format unix seconds as RFC 3339 UTC "2026-11-26T12:00:00Z" (21 bytes). */
 void tg_time_format(int64_t t, char out[21]);
 
+/*
+ * Parse an RFC 3339 date-time ("2026-11-26T12:00:00Z",
+ * "2026-11-26T13:00:00+01:00", fractional seconds allowed) or a full date
+ * ("2026-11-26", meaning its UTC midnight) into unix seconds (fractions
+ * dropped only when zero: *exact says whether the value was a whole
+ * second). Returns 0, or -1 for anything else (every field range-checked).
+ */
+int tg_time_parse(const char *s, int64_t *out, bool *exact);
+
 struct sockaddr;
 struct sockaddr_storage;
 

@@ -671,7 +671,7 @@ def test_scopes(c):
     created(write.post("/apis", {"slug": "w", "name": "W"}), "write token POST /apis")
 
     # reports
-    problem(reports.get("/usage"), 501, "not-implemented", "reports token GET /usage")
+    status_is(reports.get("/usage?from=2026-01-01&to=2026-01-02"), 200, "reports token GET /usage")
     problem(reports.get("/apis"), 403, "forbidden", "reports token GET /apis")
 
     # admin implies every scope
@@ -679,7 +679,7 @@ def test_scopes(c):
     mk_key(root, w["app"]["id"])
     status_is(root.get("/admin-tokens"), 200, "admin GET /admin-tokens")
     status_is(root.get("/audit"), 200, "admin GET /audit")
-    problem(root.get("/usage"), 501, "not-implemented", "admin GET /usage")
+    status_is(root.get("/billing?period=2026-01"), 200, "admin GET /billing")
     # a 403 changes nothing
     eq(root.get("/apis/nope").status, 404, "the refused api does not exist")
     srv.stop()
@@ -1702,10 +1702,37 @@ def test_config_import_invalid(c):
     srv.stop()
 
 
-def test_usage_not_implemented(c):
+def test_usage_and_billing_parameters(c):
+    """Every bad report parameter is a 400 problem naming it; a range the
+    ledger cannot serve any more is a 422."""
     srv, api = c.boot()
-    r = api.get("/usage")
-    problem(r, 501, "not-implemented", "GET /usage")
+    cases = [("/usage", ["from", "to"]),
+             ("/usage?from=2026-01-01", ["to"]),
+             ("/usage?from=yesterday&to=2026-01-02", ["from"]),
+             ("/usage?from=2026-01-01T00:00:30Z&to=2026-01-02", ["from"]),
+             ("/usage?from=2026-01-02&to=2026-01-01", ["to"]),
+             ("/usage?from=2026-01-01&to=2026-01-02&granularity=week", ["granularity"]),
+             ("/usage?from=2026-01-01&to=2026-01-02&group_by=app,colour", ["group_by"]),
+             ("/usage?from=2026-01-01&to=2026-01-02&app_id=app_NOPE", ["app_id"]),
+             ("/usage?from=2026-01-01&to=2026-01-02&status_class=9", ["status_class"]),
+             ("/usage?from=2026-01-01&to=2026-01-02&format=xml", ["format"]),
+             ("/usage?from=2026-01-01&to=2026-01-02&frm=x", ["frm"]),
+             ("/usage?from=2026-01-01T01:00:00Z&to=2026-02-01&granularity=month", ["from"]),
+             ("/billing", ["period"]),
+             ("/billing?period=2026-13", ["period"]),
+             ("/billing?period=2026-01&format=pdf", ["format"])]
+    for path, fields in cases:
+        r = api.get(path)
+        j = problem(r, 400, "invalid-query", "GET " + path)
+        got = sorted({e.get("pointer") for e in j.get("errors", [])} or {""})
+        eq(got, sorted(fields), "GET %s: parameters named" % path, r)
+    problem(api.get("/billing?period=2999-01"), 422, "period-not-available",
+            "a month that has not begun")
+    r = api.get("/usage?from=2026-01-01&to=2026-01-02&format=csv")
+    status_is(r, 200, "an empty CSV report")
+    eq(r.header("Content-Type"), "text/csv; charset=utf-8; header=present", "CSV type", r)
+    check(r.body.startswith(b"record_id,period_start,period_end,calls,"), "CSV header row", r)
+    check(r.body.endswith(b"\r\n") and r.body.count(b"\r\n") == 1, "only the header", r)
     srv.stop()
 
 
@@ -1947,7 +1974,8 @@ def test_cache_control_everywhere(c):
           api.post("/keys", {"app_id": w["app"]["id"]}),
           api.post("/keys/%s/rotate" % w["key"]["id"]),
           api.delete("/apis/x"),
-          api.get("/config"), api.get("/usage"), api.get("/audit"),
+          api.get("/config"), api.get("/usage?from=2026-01-01&to=2026-01-02"),
+          api.get("/usage"), api.get("/audit"),
           api.get("/apis?limit=0"),
           api.post("/apis", {"slug": "big", "name": "B", "description": "d" * 4000}),
           api.post("/admin-tokens", {"name": "t", "scopes": ["read"]}),
@@ -1960,7 +1988,7 @@ def test_cache_control_everywhere(c):
         check("no-store" in cc, "%s %s -> %d lacks Cache-Control: no-store"
               % (r.method, r.path, r.status), r)
         check(r.header("X-Request-Id"), "%s %s lacks X-Request-Id" % (r.method, r.path), r)
-    for code in (200, 201, 204, 400, 401, 403, 404, 405, 409, 412, 413, 415, 422, 501):
+    for code in (200, 201, 204, 400, 401, 403, 404, 405, 409, 412, 413, 415, 422):
         check(code in seen, "the Cache-Control check covered no %d (saw %s)" % (code,
                                                                                 sorted(seen)))
     srv.stop()
@@ -2363,7 +2391,7 @@ TESTS = [
     test_config_dry_run,
     test_config_import_roundtrip,
     test_config_import_invalid,
-    test_usage_not_implemented,
+    test_usage_and_billing_parameters,
     test_not_found_and_method_not_allowed,
     test_unsupported_media_type,
     test_malformed_bodies,

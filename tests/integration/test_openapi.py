@@ -280,8 +280,7 @@ def test_routes_match_document(c):
             problems.append("%s: path parameters %s, template has %s" % (
                 where, sorted(in_path), sorted(declared)))
         codes = [k for k in o.get("responses", {}) if k.startswith("2")]
-        # the lint rule operation-2xx-response is off for the reserved /usage only
-        if not codes and path != "/usage":
+        if not codes:
             problems.append("%s: no 2XX response" % where)
     for opid, where in ids.items():
         if len(where) > 1:
@@ -798,9 +797,11 @@ def test_live_keys_tokens_config_conform(c):
     eq((diff["created"], diff["updated"], diff["deleted"]), ([], [], []),
        "re-importing an export changes nothing")
 
-    r = s.request("GET", "/usage")
-    eq(r.status, 501, "GET /usage (%r)" % r)
-    conforms(doc, r, "/usage", "GET /usage")
+    ok("GET", "/usage?from=2026-01-01&to=2026-01-03&group_by=app,api", "/usage", 200)
+    ok("GET", "/billing?period=2026-01", "/billing", 200)
+    r = s.request("GET", "/usage?from=2026-01-01")
+    eq(r.status, 400, "GET /usage without to (%r)" % r)
+    conforms(doc, r, "/usage", "GET /usage 400")
 
 
 TESTS = [

@@ -1,0 +1,875 @@
+/*
+ * report.c - usage reports and billing statements as streams of CSV or
+ * JSON (see report.h for the columns and the rules).
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/csv.h"
+#include "core/report.h"
+#include "core/util.h"
+
+#define CHUNK (64 * 1024) /* hand out output about this size at a time */
+
+/* ---- parameters ------------------------------------------------------------ */
+
+static const struct {
+  const char *name;
+  unsigned bit;
+  const char *col; /* the column / member name */
+} dims[] = {
+    {"developer", TG_USAGE_BY_DEVELOPER, "developer_id"},
+    {"app", TG_USAGE_BY_APP, "app_id"},
+    {"key", TG_USAGE_BY_KEY, "key_id"},
+    {"api", TG_USAGE_BY_API, "api_id"},
+    {"plan", TG_USAGE_BY_PLAN, "plan_id"},
+    {"subscription", TG_USAGE_BY_SUBSCRIPTION, "subscription_id"},
+    {"status_class", TG_USAGE_BY_STATUS_CLASS, "status_class"},
+};
+#define NDIMS ((int)(sizeof(dims) / sizeof(dims[0])))
+
+static const struct {
+  const char *param;
+  tg_entity_t ent;
+} filters[6] = {
+    {"developer_id", TG_ENT_DEVELOPER},
+    {"app_id", TG_ENT_APP},
+    {"key_id", TG_ENT_KEY},
+    {"api_id", TG_ENT_API},
+    {"plan_id", TG_ENT_PLAN},
+    {"subscription_id", TG_ENT_SUBSCRIPTION},
+};
+
+static int64_t bucket_of(const char *g) {
+  if (strcmp(g, "minute") == 0)
+    return 60;
+  if (strcmp(g, "hour") == 0)
+    return 3600;
+  if (strcmp(g, "day") == 0)
+    return 86400;
+  if (strcmp(g, "month") == 0)
+    return TG_USAGE_MONTH;
+  return 0;
+}
+
+static const char *bucket_name(int64_t b) {
+  return b == 60 ? "minute" : b == 3600 ? "hour" : b == 86400 ? "day" : "month";
+}
+
+static int parse_time(const char *name, const char *v, int64_t *out, tg_problem_t *p) {
+  bool exact;
+  if (!v || !*v)
+    return tg_problem_add(p, TG_EINVAL, name, "is required (RFC 3339 UTC time or YYYY-MM-DD)");
+  if (tg_time_parse(v, out, &exact) != 0)
+    return tg_problem_add(p, TG_EINVAL, name,
+                          "is not an RFC 3339 time (2026-11-01T00:00:00Z) or a date (2026-11-01)");
+  if (!exact || *out % 60 != 0)
+    return tg_problem_add(p, TG_EINVAL, name, "must be a whole minute");
+  return TG_OK;
+}
+
+int tg_report_params_parse(tg_store_t *s, tg_param_fn get, void *ctx, const char *accept,
+                           tg_report_params_t *out, tg_problem_t *p) {
+  memset(out, 0, sizeof(*out));
+  tg_usage_query_t *q = &out->q;
+  q->status_class = -1;
+  int bad = 0;
+  static const char *const known[] = {"from",     "to",     "granularity",
+                                      "group_by", "format", "status_class"};
+  (void)known;
+  bad |= parse_time("from", get(ctx, "from"), &q->from, p) != TG_OK;
+  bad |= parse_time("to", get(ctx, "to"), &q->to, p) != TG_OK;
+  const char *g = get(ctx, "granularity");
+  q->bucket = bucket_of(g && *g ? g : "day");
+  if (!q->bucket) {
+    tg_problem_add(p, TG_EINVAL, "granularity", "must be minute, hour, day or month");
+    bad = 1;
+  }
+  const char *gb = get(ctx, "group_by");
+  if (gb && *gb) {
+    const char *t = gb;
+    while (*t) {
+      const char *e = strchr(t, ',');
+      size_t n = e ? (size_t)(e - t) : strlen(t);
+      int found = -1;
+      for (int i = 0; i < NDIMS; i++)
+        if (strlen(dims[i].name) == n && strncmp(t, dims[i].name, n) == 0)
+          found = i;
+      if (found < 0) {
+        tg_problem_add(p, TG_EINVAL, "group_by",
+                       "unknown dimension \"%.*s\" (developer, app, key, api, plan, "
+                       "subscription, status_class)",
+                       (int)(n > 40 ? 40 : n), t);
+        bad = 1;
+      } else {
+        q->group_by |= dims[found].bit;
+      }
+      t += n;
+      if (*t == ',')
+        t++;
+    }
+  }
+  const char *sc = get(ctx, "status_class");
+  if (sc && *sc) {
+    if (strlen(sc) != 1 || sc[0] < '0' || sc[0] > '5') {
+      tg_problem_add(p, TG_EINVAL, "status_class", "must be 0 (refused by the gateway) to 5");
+      bad = 1;
+    } else {
+      q->status_class = sc[0] - '0';
+    }
+  }
+  const char *fmt = get(ctx, "format");
+  if (fmt && *fmt) {
+    if (strcmp(fmt, "csv") == 0)
+      out->format = TG_REPORT_CSV;
+    else if (strcmp(fmt, "json") != 0) {
+      tg_problem_add(p, TG_EINVAL, "format", "must be json or csv");
+      bad = 1;
+    }
+  } else if (accept && strstr(accept, "text/csv")) {
+    out->format = TG_REPORT_CSV;
+  }
+  const char **slot[6] = {&q->developer_id, &q->app_id,  &q->key_id,
+                          &q->api_id,       &q->plan_id, &q->subscription_id};
+  for (int i = 0; i < 6; i++) {
+    const char *v = get(ctx, filters[i].param);
+    if (!v)
+      continue;
+    json_t *row = NULL;
+    tg_problem_t np = {0};
+    if (!*v || strlen(v) >= sizeof(out->filter_ids[i]) ||
+        tg_store_get(s, filters[i].ent, v, &row, &np) != TG_OK) {
+      tg_problem_add(p, TG_EINVAL, filters[i].param, "no %s has this id",
+                     tg_model_entity(filters[i].ent)->name);
+      bad = 1;
+      continue;
+    }
+    json_decref(row);
+    snprintf(out->filter_ids[i], sizeof(out->filter_ids[i]), "%s", v);
+    *slot[i] = out->filter_ids[i];
+  }
+  if (bad)
+    return TG_EINVAL;
+  if (q->to <= q->from)
+    return tg_problem_add(p, TG_EINVAL, "to", "must be after from (the range is [from, to))");
+  tg_problem_t c = {0};
+  if (tg_usage_query_check(q, &c) != TG_OK)
+    return tg_problem_add(p, TG_EINVAL, c.field, "%s", c.detail);
+  return TG_OK;
+}
+
+/* ---- the stream ---------------------------------------------------------------- */
+
+typedef enum { K_USAGE, K_BILLING } kind_t;
+
+struct tg_report {
+  kind_t kind;
+  tg_report_format_t fmt;
+  tg_store_t *store;
+  tg_csv_buf_t out; /* the pending chunk of CSV */
+  char *json;       /* ... or of JSON */
+  size_t jlen, jcap;
+  int state; /* 0: header not yet written, 1: rows, 2: trailer written, 3: done */
+  size_t nrows;
+  /* usage */
+  tg_usage_cursor_t *cur;
+  tg_usage_query_t q;
+  /* billing */
+  json_t *lines; /* the statement's lines */
+  size_t next_line;
+  char period[8];
+  bool closed;
+};
+
+const char *tg_report_type(const tg_report_t *r) {
+  return r->fmt == TG_REPORT_CSV ? TG_REPORT_CSV_TYPE : TG_REPORT_JSON_TYPE;
+}
+
+static int put(tg_report_t *r, const char *s, size_t n) {
+  if (r->jlen + n + 1 > r->jcap) {
+    size_t cap = r->jcap ? r->jcap : CHUNK + 4096;
+    while (cap < r->jlen + n + 1)
+      cap *= 2;
+    char *j = realloc(r->json, cap);
+    if (!j)
+      return -1;
+    r->json = j;
+    r->jcap = cap;
+  }
+  memcpy(r->json + r->jlen, s, n);
+  r->jlen += n;
+  r->json[r->jlen] = '\0';
+  return 0;
+}
+
+static int puts_(tg_report_t *r, const char *s) {
+  return put(r, s, strlen(s));
+}
+
+/* A JSON string (ids and words: escaped anyway). */
+static int put_jstr(tg_report_t *r, const char *s) {
+  char *e = json_dumps(json_string(s), JSON_ENCODE_ANY);
+  if (!e)
+    return -1;
+  int rc = puts_(r, e);
+  free(e);
+  return rc;
+}
+
+static int put_int(tg_report_t *r, int64_t v) {
+  char b[24];
+  int n = snprintf(b, sizeof(b), "%lld", (long long)v);
+  return put(r, b, (size_t)n);
+}
+
+/* Upper bounds of the ledger's latency buckets, ms (the last is open). */
+static const int64_t bucket_ms[TG_USAGE_BUCKETS - 1] = {5,   10,  25,   50,   75,   100,  250,
+                                                        500, 750, 1000, 2500, 5000, 7500, 10000};
+
+static double quantile(const int64_t *h, int64_t calls, double q) {
+  if (calls <= 0)
+    return 0;
+  double rank = q * (double)calls, cum = 0;
+  for (int i = 0; i < TG_USAGE_BUCKETS; i++) {
+    if (h[i] > 0 && cum + (double)h[i] >= rank) {
+      if (i == TG_USAGE_BUCKETS - 1)
+        return (double)bucket_ms[i - 1];
+      double lo = i ? (double)bucket_ms[i - 1] : 0, hi = (double)bucket_ms[i];
+      return lo + (hi - lo) * (rank - cum) / (double)h[i];
+    }
+    cum += (double)h[i];
+  }
+  return (double)bucket_ms[TG_USAGE_BUCKETS - 2];
+}
+
+static int64_t bucket_end(int64_t start, int64_t bucket) {
+  if (bucket > 0)
+    return start + bucket;
+  time_t t = (time_t)start;
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  tm.tm_mon += 1;
+  tm.tm_mday = 1;
+  tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+  return (int64_t)timegm(&tm);
+}
+
+static const char *dim_value(const tg_usage_total_t *t, int i, char *num) {
+  switch (dims[i].bit) {
+  case TG_USAGE_BY_DEVELOPER: return t->developer_id;
+  case TG_USAGE_BY_APP: return t->app_id;
+  case TG_USAGE_BY_KEY: return t->key_id;
+  case TG_USAGE_BY_API: return t->api_id;
+  case TG_USAGE_BY_PLAN: return t->plan_id;
+  case TG_USAGE_BY_SUBSCRIPTION: return t->subscription_id;
+  default: snprintf(num, 8, "%d", t->status_class); return num;
+  }
+}
+
+static int usage_header(tg_report_t *r) {
+  const tg_usage_query_t *q = &r->q;
+  char a[21], b[21];
+  tg_time_format(q->from, a);
+  tg_time_format(q->to, b);
+  if (r->fmt == TG_REPORT_CSV) {
+    int rc = tg_csv_field(&r->out, "record_id", 9) || tg_csv_field(&r->out, "period_start", 12) ||
+             tg_csv_field(&r->out, "period_end", 10);
+    for (int i = 0; i < NDIMS; i++)
+      if (q->group_by & dims[i].bit)
+        rc = rc || tg_csv_field(&r->out, dims[i].col, strlen(dims[i].col));
+    static const char *const cols[] = {"calls", "billable_calls", "errors_4xx", "errors_5xx",
+                                       "rejected_calls"};
+    for (size_t i = 0; i < 5; i++)
+      rc = rc || tg_csv_field(&r->out, cols[i], strlen(cols[i]));
+    for (int i = 0; i < TG_USAGE_REASONS; i++) {
+      char name[48];
+      int n = snprintf(name, sizeof(name), "rejected_%s", tg_usage_reasons[i]);
+      rc = rc || tg_csv_field(&r->out, name, (size_t)n);
+    }
+    static const char *const tail[] = {"bytes_in",       "bytes_out",      "latency_avg_ms",
+                                       "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"};
+    for (size_t i = 0; i < 6; i++)
+      rc = rc || tg_csv_field(&r->out, tail[i], strlen(tail[i]));
+    return rc || tg_csv_end_row(&r->out);
+  }
+  int rc = puts_(r, "{\"report\":{\"kind\":\"usage\",\"from\":\"") || puts_(r, a) ||
+           puts_(r, "\",\"to\":\"") || puts_(r, b) || puts_(r, "\",\"granularity\":\"") ||
+           puts_(r, bucket_name(q->bucket)) || puts_(r, "\",\"group_by\":[");
+  int k = 0;
+  for (int i = 0; i < NDIMS; i++)
+    if (q->group_by & dims[i].bit) {
+      rc = rc || puts_(r, k++ ? ",\"" : "\"") || puts_(r, dims[i].name) || puts_(r, "\"");
+    }
+  rc = rc || puts_(r, "],\"filters\":{");
+  const char *fv[6] = {q->developer_id, q->app_id,  q->key_id,
+                       q->api_id,       q->plan_id, q->subscription_id};
+  k = 0;
+  for (int i = 0; i < 6; i++)
+    if (fv[i]) {
+      rc = rc || puts_(r, k++ ? ",\"" : "\"") || puts_(r, filters[i].param) || puts_(r, "\":") ||
+           put_jstr(r, fv[i]);
+    }
+  if (q->status_class >= 0)
+    rc = rc || puts_(r, k++ ? ",\"status_class\":" : "\"status_class\":") ||
+         put_int(r, q->status_class);
+  return rc || puts_(r, "}},\"rows\":[");
+}
+
+static int usage_row(tg_report_t *r, const tg_usage_total_t *t) {
+  const tg_usage_query_t *q = &r->q;
+  int64_t end = bucket_end(t->period_start, q->bucket);
+  /* record_id: what the row is, never its numbers */
+  const char *parts[3 + NDIMS * 2];
+  char ps[24], gb[24], nums[NDIMS][8];
+  size_t np = 0;
+  snprintf(ps, sizeof(ps), "%lld", (long long)t->period_start);
+  snprintf(gb, sizeof(gb), "%s", bucket_name(q->bucket));
+  parts[np++] = "usage";
+  parts[np++] = gb;
+  parts[np++] = ps;
+  for (int i = 0; i < NDIMS; i++)
+    if (q->group_by & dims[i].bit) {
+      parts[np++] = dims[i].name;
+      parts[np++] = dim_value(t, i, nums[i]);
+    }
+  char rid[TG_RECORD_ID_LEN + 1];
+  if (tg_record_id(rid, parts, np) != 0)
+    return -1;
+  double avg = t->calls ? (double)t->latency_us_sum / (double)t->calls / 1000.0 : 0;
+  double p50 = quantile(t->h, t->calls, 0.50), p95 = quantile(t->h, t->calls, 0.95),
+         p99 = quantile(t->h, t->calls, 0.99);
+  char lat[4][32];
+  snprintf(lat[0], sizeof(lat[0]), "%.3f", avg);
+  snprintf(lat[1], sizeof(lat[1]), "%.3f", p50);
+  snprintf(lat[2], sizeof(lat[2]), "%.3f", p95);
+  snprintf(lat[3], sizeof(lat[3]), "%.3f", p99);
+  if (r->fmt == TG_REPORT_CSV) {
+    int rc = tg_csv_raw(&r->out, rid, TG_RECORD_ID_LEN) || tg_csv_time(&r->out, t->period_start) ||
+             tg_csv_time(&r->out, end);
+    for (int i = 0; i < NDIMS; i++)
+      if (q->group_by & dims[i].bit) {
+        const char *v = dim_value(t, i, nums[i]);
+        rc = rc || (dims[i].bit == TG_USAGE_BY_STATUS_CLASS ? tg_csv_int(&r->out, t->status_class)
+                                                            : tg_csv_field(&r->out, v, strlen(v)));
+      }
+    rc = rc || tg_csv_int(&r->out, t->calls) || tg_csv_int(&r->out, t->billable) ||
+         tg_csv_int(&r->out, t->errors_4xx) || tg_csv_int(&r->out, t->errors_5xx) ||
+         tg_csv_int(&r->out, t->rejected);
+    for (int i = 0; i < TG_USAGE_REASONS; i++)
+      rc = rc || tg_csv_int(&r->out, t->rejected_by[i]);
+    rc = rc || tg_csv_int(&r->out, t->bytes_in) || tg_csv_int(&r->out, t->bytes_out);
+    for (int i = 0; i < 4; i++)
+      rc = rc || tg_csv_raw(&r->out, lat[i], strlen(lat[i]));
+    return rc || tg_csv_end_row(&r->out);
+  }
+  char a[21], b[21];
+  tg_time_format(t->period_start, a);
+  tg_time_format(end, b);
+  int rc = puts_(r, r->nrows ? ",{\"record_id\":\"" : "{\"record_id\":\"") || puts_(r, rid) ||
+           puts_(r, "\",\"period_start\":\"") || puts_(r, a) || puts_(r, "\",\"period_end\":\"") ||
+           puts_(r, b) || puts_(r, "\"");
+  for (int i = 0; i < NDIMS; i++)
+    if (q->group_by & dims[i].bit) {
+      rc = rc || puts_(r, ",\"") || puts_(r, dims[i].col) || puts_(r, "\":");
+      rc = rc || (dims[i].bit == TG_USAGE_BY_STATUS_CLASS ? put_int(r, t->status_class)
+                                                          : put_jstr(r, dim_value(t, i, nums[i])));
+    }
+  rc = rc || puts_(r, ",\"calls\":") || put_int(r, t->calls) || puts_(r, ",\"billable_calls\":") ||
+       put_int(r, t->billable) || puts_(r, ",\"errors_4xx\":") || put_int(r, t->errors_4xx) ||
+       puts_(r, ",\"errors_5xx\":") || put_int(r, t->errors_5xx) ||
+       puts_(r, ",\"rejected_calls\":") || put_int(r, t->rejected) ||
+       puts_(r, ",\"rejected_by_reason\":{");
+  for (int i = 0; i < TG_USAGE_REASONS; i++)
+    rc = rc || puts_(r, i ? ",\"" : "\"") || puts_(r, tg_usage_reasons[i]) || puts_(r, "\":") ||
+         put_int(r, t->rejected_by[i]);
+  rc = rc || puts_(r, "},\"bytes_in\":") || put_int(r, t->bytes_in) ||
+       puts_(r, ",\"bytes_out\":") || put_int(r, t->bytes_out) ||
+       puts_(r, ",\"latency_ms\":{\"avg\":") || puts_(r, lat[0]) || puts_(r, ",\"p50\":") ||
+       puts_(r, lat[1]) || puts_(r, ",\"p95\":") || puts_(r, lat[2]) || puts_(r, ",\"p99\":") ||
+       puts_(r, lat[3]) || puts_(r, "}}");
+  return rc;
+}
+
+int tg_report_open(tg_store_t *s, const tg_report_params_t *rp, tg_report_t **out,
+                   tg_problem_t *p) {
+  *out = NULL;
+  tg_report_t *r = calloc(1, sizeof(*r));
+  if (!r)
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  r->kind = K_USAGE;
+  r->fmt = rp->format;
+  r->store = s;
+  r->q = rp->q;
+  tg_csv_buf_init(&r->out, 0);
+  int rc = tg_store_usage_open(s, &rp->q, &r->cur, p);
+  if (rc) {
+    tg_csv_buf_dispose(&r->out);
+    free(r);
+    return rc;
+  }
+  *out = r;
+  return TG_OK;
+}
+
+/* ---- billing ----------------------------------------------------------------------- */
+
+int tg_billing_period(const char *period, int64_t *start, int64_t *end) {
+  int y = 0, m = 0;
+  if (!period || strlen(period) != 7 || period[4] != '-')
+    return -1;
+  for (int i = 0; i < 7; i++)
+    if (i != 4 && (period[i] < '0' || period[i] > '9'))
+      return -1;
+  y = atoi(period);
+  m = atoi(period + 5);
+  if (y < 1970 || y > 9999 || m < 1 || m > 12)
+    return -1;
+  struct tm tm = {0};
+  tm.tm_year = y - 1900;
+  tm.tm_mon = m - 1;
+  tm.tm_mday = 1;
+  *start = (int64_t)timegm(&tm);
+  tm.tm_mon += 1;
+  *end = (int64_t)timegm(&tm);
+  return 0;
+}
+
+typedef struct sub_rec {
+  char id[40], app_id[40], api_id[40], plan_id[40], status[16];
+  int64_t created_at, updated_at;
+  int64_t billable;
+  bool used;
+} sub_rec_t;
+
+typedef struct bill_ctx {
+  sub_rec_t *subs;
+  size_t n, cap;
+  json_t *apps, *devs, *plans, *apis; /* id -> object */
+  const char *err;
+} bill_ctx_t;
+
+static const char *vs(const tg_value_t *v) {
+  return v->type == TG_V_TEXT ? v->s : "";
+}
+
+static int64_t vi(const tg_value_t *v) {
+  return v->type == TG_V_INT ? v->i : 0;
+}
+
+static int sub_cb(const tg_value_t *v, int n, void *ctx) {
+  (void)n;
+  bill_ctx_t *b = ctx;
+  if (b->n == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 256;
+    sub_rec_t *a = realloc(b->subs, cap * sizeof(*a));
+    if (!a)
+      return b->err = "out of memory", -1;
+    b->subs = a;
+    b->cap = cap;
+  }
+  sub_rec_t *s = &b->subs[b->n++];
+  memset(s, 0, sizeof(*s));
+  snprintf(s->id, sizeof(s->id), "%s", vs(&v[0]));
+  snprintf(s->app_id, sizeof(s->app_id), "%s", vs(&v[1]));
+  snprintf(s->api_id, sizeof(s->api_id), "%s", vs(&v[2]));
+  snprintf(s->plan_id, sizeof(s->plan_id), "%s", vs(&v[3]));
+  snprintf(s->status, sizeof(s->status), "%s", vs(&v[4]));
+  s->created_at = vi(&v[5]);
+  s->updated_at = vi(&v[6]);
+  return 0;
+}
+
+/* Rows of small tables into an id -> {column: value} object. */
+typedef struct map_ctx {
+  json_t *map;
+  const char *const *cols;
+  int ncols;
+} map_ctx_t;
+
+static int map_cb(const tg_value_t *v, int n, void *ctx) {
+  map_ctx_t *m = ctx;
+  json_t *o = json_object();
+  for (int i = 1; i < n && o; i++)
+    json_object_set_new(o, m->cols[i],
+                        v[i].type == TG_V_INT    ? json_integer(v[i].i)
+                        : v[i].type == TG_V_TEXT ? json_string(v[i].s)
+                                                 : json_null());
+  if (!o || json_object_set_new(m->map, vs(&v[0]), o))
+    return -1;
+  return 0;
+}
+
+static int load_map(tg_store_t *s, tg_entity_t ent, const char *const *cols, int ncols,
+                    json_t **out, tg_problem_t *p) {
+  map_ctx_t m = {json_object(), cols, ncols};
+  if (!m.map)
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  int rc = tg_store_scan(s, ent, NULL, cols, ncols, map_cb, &m, p);
+  if (rc) {
+    json_decref(m.map);
+    return rc ? rc : TG_ENOMEM;
+  }
+  *out = m.map;
+  return TG_OK;
+}
+
+static const char *ostr(const json_t *o, const char *k) {
+  const char *v = json_string_value(json_object_get(o, k));
+  return v ? v : "";
+}
+
+static int64_t oint(const json_t *o, const char *k) {
+  return json_integer_value(json_object_get(o, k));
+}
+
+static int sub_cmp(const void *a, const void *b) {
+  const sub_rec_t *x = a, *y = b;
+  return strcmp(x->id, y->id);
+}
+
+/* Compute a month's lines (sorted by developer, then subscription). */
+static int billing_compute(tg_store_t *s, int64_t start, int64_t end, json_t **lines,
+                           tg_problem_t *p) {
+  bill_ctx_t b = {0};
+  int rc;
+  static const char *const sub_cols[] = {"id",     "app_id",     "api_id",    "plan_id",
+                                         "status", "created_at", "updated_at"};
+  static const char *const app_cols[] = {"id", "developer_id", "name"};
+  static const char *const dev_cols[] = {"id", "email", "billing_customer_id"};
+  static const char *const plan_cols[] = {
+      "id", "slug", "monthly_fee_minor", "included_calls", "overage_price_micros", "currency"};
+  static const char *const api_cols[] = {"id", "slug"};
+  *lines = NULL;
+  if ((rc = tg_store_scan(s, TG_ENT_SUBSCRIPTION, NULL, sub_cols, 7, sub_cb, &b, p)) ||
+      (rc = load_map(s, TG_ENT_APP, app_cols, 3, &b.apps, p)) ||
+      (rc = load_map(s, TG_ENT_DEVELOPER, dev_cols, 3, &b.devs, p)) ||
+      (rc = load_map(s, TG_ENT_PLAN, plan_cols, 6, &b.plans, p)) ||
+      (rc = load_map(s, TG_ENT_API, api_cols, 2, &b.apis, p)))
+    goto out;
+  if (b.n)
+    qsort(b.subs, b.n, sizeof(*b.subs), sub_cmp);
+  /* billable calls per subscription over the month */
+  tg_usage_query_t q = {.from = start,
+                        .to = end,
+                        .bucket = 0,
+                        .group_by = TG_USAGE_BY_SUBSCRIPTION,
+                        .status_class = -1};
+  tg_usage_cursor_t *cur = NULL;
+  if ((rc = tg_store_usage_open(s, &q, &cur, p)))
+    goto out;
+  tg_usage_total_t t;
+  while ((rc = tg_store_usage_next(cur, &t, p)) == 1) {
+    sub_rec_t key = {0};
+    snprintf(key.id, sizeof(key.id), "%s", t.subscription_id);
+    sub_rec_t *hit = b.n ? bsearch(&key, b.subs, b.n, sizeof(*b.subs), sub_cmp) : NULL;
+    if (hit)
+      hit->billable += t.billable;
+  }
+  tg_store_usage_close(cur);
+  if (rc < 0)
+    goto out;
+  json_t *arr = json_array();
+  if (!arr) {
+    rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    goto out;
+  }
+  for (size_t i = 0; i < b.n; i++) {
+    sub_rec_t *sr = &b.subs[i];
+    bool charged = strcmp(sr->status, "pending") != 0 && sr->created_at < end &&
+                   !(strcmp(sr->status, "cancelled") == 0 && sr->updated_at < start);
+    if (!charged && sr->billable == 0)
+      continue;
+    const json_t *app = json_object_get(b.apps, sr->app_id);
+    const char *dev_id = ostr(app, "developer_id");
+    const json_t *dev = json_object_get(b.devs, dev_id);
+    const json_t *plan = json_object_get(b.plans, sr->plan_id);
+    const json_t *api = json_object_get(b.apis, sr->api_id);
+    int64_t fee = charged ? oint(plan, "monthly_fee_minor") : 0;
+    int64_t included = oint(plan, "included_calls");
+    int64_t over = sr->billable > included ? sr->billable - included : 0;
+    int64_t price = oint(plan, "overage_price_micros");
+    /* over <= 1e13 and price <= 1e12: the product needs 128 bits */
+    __extension__ unsigned __int128 prod = (unsigned __int128)over * (unsigned __int128)price;
+    int64_t over_amount = (int64_t)((prod + 500000) / 1000000);
+    json_t *ln = json_pack(
+        "{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "developer_id",
+        dev_id, "developer_email", ostr(dev, "email"), "billing_customer_id",
+        ostr(dev, "billing_customer_id"), "app_id", sr->app_id, "subscription_id", sr->id, "api",
+        ostr(api, "slug"), "plan_id", sr->plan_id, "plan", ostr(plan, "slug"),
+        "subscription_status", sr->status, "monthly_fee_minor", (json_int_t)fee, "included_calls",
+        (json_int_t)included, "billable_calls", (json_int_t)sr->billable, "overage_calls",
+        (json_int_t)over, "price_per_call_micros", (json_int_t)price, "overage_amount_minor",
+        (json_int_t)over_amount, "amount_minor", (json_int_t)(fee + over_amount), "currency",
+        ostr(plan, "currency"));
+    if (!ln || json_array_append_new(arr, ln)) {
+      json_decref(arr);
+      rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
+      goto out;
+    }
+  }
+  /* order: developer, then subscription (already by subscription) */
+  size_t n = json_array_size(arr);
+  for (size_t i = 1; i < n; i++) /* stable insertion sort by developer id */
+    for (size_t j = i; j > 0; j--) {
+      json_t *x = json_array_get(arr, j - 1), *y = json_array_get(arr, j);
+      if (strcmp(ostr(x, "developer_id"), ostr(y, "developer_id")) <= 0)
+        break;
+      json_incref(x);
+      json_array_set(arr, j - 1, y);
+      json_array_set_new(arr, j, x);
+    }
+  *lines = arr;
+  rc = TG_OK;
+out:
+  free(b.subs);
+  json_decref(b.apps);
+  json_decref(b.devs);
+  json_decref(b.plans);
+  json_decref(b.apis);
+  return rc;
+}
+
+int tg_billing_open(tg_store_t *s, const char *period, tg_report_format_t fmt, int64_t now,
+                    int64_t close_after, tg_report_t **out, tg_problem_t *p) {
+  int64_t start, end;
+  *out = NULL;
+  if (tg_billing_period(period, &start, &end) != 0)
+    return tg_problem_set(p, TG_EINVAL, "period", "must be a month as YYYY-MM (e.g. 2026-11)");
+  if (start > now)
+    return tg_problem_set(p, TG_EINVAL, "period", "%s has not begun", period);
+  tg_report_t *r = calloc(1, sizeof(*r));
+  if (!r)
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  r->kind = K_BILLING;
+  r->fmt = fmt;
+  r->store = s;
+  snprintf(r->period, sizeof(r->period), "%s", period);
+  r->closed = now >= end + close_after;
+  tg_csv_buf_init(&r->out, 0);
+  int rc = TG_OK;
+  char *kept = NULL;
+  if (r->closed) {
+    rc = tg_store_billing_get(s, period, &kept, p);
+    if (rc == TG_OK) {
+      json_error_t je;
+      r->lines = json_loads(kept, 0, &je);
+      free(kept);
+      if (!json_is_array(r->lines))
+        rc = tg_problem_set(p, TG_ESTORE, "period", "the kept statement of %s is damaged", period);
+    } else if (rc == TG_ENOTFOUND) {
+      tg_problem_clear(p);
+      if ((rc = billing_compute(s, start, end, &r->lines, p)) == TG_OK) {
+        char *text = json_dumps(r->lines, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        rc = text ? tg_store_billing_put(s, period, now, text, p)
+                  : tg_problem_set(p, TG_ENOMEM, "", NULL);
+        free(text);
+        /* another exporter may have kept its statement first: serve that one */
+        json_decref(r->lines);
+        r->lines = NULL;
+        if (rc == TG_OK && (rc = tg_store_billing_get(s, period, &kept, p)) == TG_OK) {
+          json_error_t je;
+          r->lines = json_loads(kept, 0, &je);
+          free(kept);
+          if (!json_is_array(r->lines))
+            rc = tg_problem_set(p, TG_ESTORE, "period", "the kept statement is damaged");
+        }
+      }
+    }
+  } else {
+    rc = billing_compute(s, start, end, &r->lines, p);
+  }
+  if (rc) {
+    json_decref(r->lines);
+    tg_csv_buf_dispose(&r->out);
+    free(r);
+    return rc;
+  }
+  *out = r;
+  return TG_OK;
+}
+
+static const char *const bill_cols[] = {"record_id",
+                                        "period",
+                                        "line_type",
+                                        "developer_id",
+                                        "developer_email",
+                                        "billing_customer_id",
+                                        "app_id",
+                                        "subscription_id",
+                                        "api",
+                                        "plan_id",
+                                        "plan",
+                                        "subscription_status",
+                                        "monthly_fee_minor",
+                                        "included_calls",
+                                        "billable_calls",
+                                        "overage_calls",
+                                        "price_per_call_micros",
+                                        "overage_amount_minor",
+                                        "amount_minor",
+                                        "currency"};
+#define NBILL ((int)(sizeof(bill_cols) / sizeof(bill_cols[0])))
+
+/* One line (a subscription's, or a developer's total) in either format. */
+static int bill_line(tg_report_t *r, json_t *ln, const char *type) {
+  const char *parts[5] = {"billing", r->period, type, ostr(ln, "developer_id"),
+                          strcmp(type, "total") == 0 ? ostr(ln, "currency")
+                                                     : ostr(ln, "subscription_id")};
+  char rid[TG_RECORD_ID_LEN + 1];
+  if (tg_record_id(rid, parts, 5) != 0)
+    return -1;
+  if (r->fmt == TG_REPORT_CSV) {
+    int rc = tg_csv_raw(&r->out, rid, TG_RECORD_ID_LEN) ||
+             tg_csv_field(&r->out, r->period, strlen(r->period)) ||
+             tg_csv_field(&r->out, type, strlen(type));
+    for (int i = 3; i < NBILL; i++) {
+      const json_t *v = json_object_get(ln, bill_cols[i]);
+      if (json_is_integer(v))
+        rc = rc || tg_csv_int(&r->out, json_integer_value(v));
+      else {
+        const char *sv = json_string_value(v);
+        rc = rc || tg_csv_field(&r->out, sv ? sv : "", sv ? strlen(sv) : 0);
+      }
+    }
+    return rc || tg_csv_end_row(&r->out);
+  }
+  int rc = puts_(r, r->nrows ? ",{\"record_id\":\"" : "{\"record_id\":\"") || puts_(r, rid) ||
+           puts_(r, "\",\"line_type\":\"") || puts_(r, type) || puts_(r, "\"");
+  for (int i = 3; i < NBILL; i++) {
+    const json_t *v = json_object_get(ln, bill_cols[i]);
+    if (!v)
+      continue;
+    rc = rc || puts_(r, ",\"") || puts_(r, bill_cols[i]) || puts_(r, "\":");
+    rc = rc || (json_is_integer(v) ? put_int(r, json_integer_value(v))
+                                   : put_jstr(r, json_string_value(v) ? json_string_value(v) : ""));
+  }
+  return rc || puts_(r, "}");
+}
+
+/* After the last line of a developer: its totals, one per currency. */
+static int bill_totals(tg_report_t *r, size_t first, size_t last) {
+  for (size_t i = first; i <= last; i++) {
+    const char *cur = ostr(json_array_get(r->lines, i), "currency");
+    bool seen = false;
+    for (size_t j = first; j < i && !seen; j++)
+      seen = strcmp(ostr(json_array_get(r->lines, j), "currency"), cur) == 0;
+    if (seen)
+      continue;
+    int64_t sum[5] = {0};
+    static const char *const f[5] = {"monthly_fee_minor", "billable_calls", "overage_calls",
+                                     "overage_amount_minor", "amount_minor"};
+    for (size_t j = i; j <= last; j++) {
+      json_t *ln = json_array_get(r->lines, j);
+      if (strcmp(ostr(ln, "currency"), cur) == 0)
+        for (int k = 0; k < 5; k++)
+          sum[k] += oint(ln, f[k]);
+    }
+    json_t *src = json_array_get(r->lines, first);
+    json_t *tot = json_pack(
+        "{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:s}", "developer_id", ostr(src, "developer_id"),
+        "developer_email", ostr(src, "developer_email"), "billing_customer_id",
+        ostr(src, "billing_customer_id"), f[0], (json_int_t)sum[0], f[1], (json_int_t)sum[1], f[2],
+        (json_int_t)sum[2], f[3], (json_int_t)sum[3], f[4], (json_int_t)sum[4], "currency", cur);
+    if (!tot)
+      return -1;
+    int rc = bill_line(r, tot, "total");
+    json_decref(tot);
+    r->nrows++;
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+static int billing_header(tg_report_t *r) {
+  if (r->fmt == TG_REPORT_CSV) {
+    int rc = 0;
+    for (int i = 0; i < NBILL; i++)
+      rc = rc || tg_csv_field(&r->out, bill_cols[i], strlen(bill_cols[i]));
+    return rc || tg_csv_end_row(&r->out);
+  }
+  int64_t start, end;
+  tg_billing_period(r->period, &start, &end);
+  char a[21], b[21];
+  tg_time_format(start, a);
+  tg_time_format(end, b);
+  return puts_(r, "{\"report\":{\"kind\":\"billing\",\"period\":\"") || puts_(r, r->period) ||
+         puts_(r, "\",\"from\":\"") || puts_(r, a) || puts_(r, "\",\"to\":\"") || puts_(r, b) ||
+         puts_(r, "\",\"closed\":") || puts_(r, r->closed ? "true" : "false") ||
+         puts_(r, "},\"lines\":[");
+}
+
+/* ---- reading --------------------------------------------------------------------- */
+
+int tg_report_read(tg_report_t *r, const char **data, size_t *len, tg_problem_t *p) {
+  tg_csv_buf_reset(&r->out);
+  r->jlen = 0;
+  if (r->state == 3)
+    return 0;
+  if (r->state == 0) {
+    if ((r->kind == K_USAGE ? usage_header(r) : billing_header(r)) != 0)
+      return tg_problem_set(p, TG_ENOMEM, "", NULL);
+    r->state = 1;
+  }
+  while (r->state == 1 && r->out.len + r->jlen < CHUNK) {
+    if (r->kind == K_USAGE) {
+      tg_usage_total_t t;
+      int rc = tg_store_usage_next(r->cur, &t, p);
+      if (rc < 0)
+        return rc;
+      if (rc == 0) {
+        r->state = 2;
+        break;
+      }
+      if (usage_row(r, &t) != 0)
+        return tg_problem_set(p, TG_ENOMEM, "", NULL);
+      r->nrows++;
+    } else {
+      size_t n = json_array_size(r->lines);
+      if (r->next_line >= n) {
+        r->state = 2;
+        break;
+      }
+      size_t i = r->next_line++;
+      json_t *ln = json_array_get(r->lines, i);
+      if (bill_line(r, ln, "subscription") != 0)
+        return tg_problem_set(p, TG_ENOMEM, "", NULL);
+      r->nrows++;
+      const char *dev = ostr(ln, "developer_id");
+      if (i + 1 == n || strcmp(ostr(json_array_get(r->lines, i + 1), "developer_id"), dev)) {
+        size_t first = i;
+        while (first > 0 &&
+               strcmp(ostr(json_array_get(r->lines, first - 1), "developer_id"), dev) == 0)
+          first--;
+        if (bill_totals(r, first, i) != 0)
+          return tg_problem_set(p, TG_ENOMEM, "", NULL);
+      }
+    }
+  }
+  if (r->state == 2) {
+    if (r->fmt == TG_REPORT_JSON && puts_(r, "]}\n") != 0)
+      return tg_problem_set(p, TG_ENOMEM, "", NULL);
+    r->state = 3;
+  }
+  if (r->fmt == TG_REPORT_CSV) {
+    *data = r->out.data ? r->out.data : "";
+    *len = r->out.len;
+  } else {
+    *data = r->json ? r->json : "";
+    *len = r->jlen;
+  }
+  return 1;
+}
+
+void tg_report_close(tg_report_t *r) {
+  if (!r)
+    return;
+  tg_store_usage_close(r->cur);
+  json_decref(r->lines);
+  tg_csv_buf_dispose(&r->out);
+  free(r->json);
+  free(r);
+}
