@@ -13,21 +13,12 @@
 #include "gateway/gw.h"
 #include "gateway/meter.h"
 
-static const char *const reason_names[GW_R_N] = {
-    [GW_R_NONE] = "",
-    [GW_R_MISSING_KEY] = "missing_key",
-    [GW_R_INVALID_KEY] = "invalid_key",
-    [GW_R_AUTH_THROTTLED] = "auth_throttled",
-    [GW_R_NOT_SUBSCRIBED] = "not_subscribed",
-    [GW_R_SUSPENDED] = "suspended",
-    [GW_R_RATE_LIMITED] = "rate_limited",
-    [GW_R_QUOTA] = "quota_exceeded",
-    [GW_R_NO_ROUTE] = "no_route",
-    [GW_R_BAD_REQUEST] = "bad_request",
-};
+/* The ledger's reason words (core/store.h), in gw_reason_t order after
+ * GW_R_NONE. */
+_Static_assert(GW_R_N == TG_USAGE_REASONS + 1, "gw_reason_t and tg_usage_reasons differ");
 
 const char *gw_reason_name(gw_reason_t r) {
-  return r < GW_R_N ? reason_names[r] : "";
+  return r > GW_R_NONE && r < GW_R_N ? tg_usage_reasons[r - 1] : "";
 }
 
 /* ---- tables ------------------------------------------------------------------ */

@@ -25,7 +25,8 @@
 #include "core/store.h"
 #include "gateway/policy.h"
 
-/* Why the gateway refused a request itself (status class 0). */
+/* Why the gateway refused a request itself (status class 0), in the order
+ * of the ledger's words (tg_usage_reasons in core/store.h). */
 typedef enum gw_reason {
   GW_R_NONE = 0, /* forwarded: the status class tells the rest */
   GW_R_MISSING_KEY,
