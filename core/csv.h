@@ -40,6 +40,7 @@
 #define TG_CSV_H
 
 #include <stddef.h>
+#include <sodium.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -133,5 +134,15 @@ int tg_csv_end_row(tg_csv_buf_t *b);
  * sodium_init() must have run (tg_keys_init does it).
  */
 int tg_record_id(char out[TG_RECORD_ID_LEN + 1], const char *const *parts, size_t n);
+
+/* The same id built part by part, so that a prefix shared by many rows
+ * (kind, period) is hashed once and the state copied:
+ * start, add each part in order, end. */
+typedef struct tg_record_id_state {
+  crypto_generichash_state st;
+} tg_record_id_state_t;
+void tg_record_id_start(tg_record_id_state_t *s);
+void tg_record_id_add(tg_record_id_state_t *s, const char *part, size_t len);
+void tg_record_id_end(tg_record_id_state_t *s, char out[TG_RECORD_ID_LEN + 1]);
 
 #endif

@@ -177,6 +177,9 @@ struct tg_report {
   /* usage */
   tg_usage_cursor_t *cur;
   tg_usage_query_t q;
+  int64_t time_for; /* the bucket whose times are formatted below */
+  char t_start[21], t_end[21];
+  tg_record_id_state_t rid_prefix; /* record ids: kind, granularity, period hashed once */
   /* billing */
   json_t *lines; /* the statement's lines */
   size_t next_line;
@@ -318,37 +321,60 @@ static int usage_header(tg_report_t *r) {
   return rc || puts_(r, "}},\"rows\":[");
 }
 
+/* Milliseconds with three decimals from microseconds, without printf. */
+static size_t fmt_ms(char *out, int64_t us) {
+  char tmp[32];
+  char *e = tmp + sizeof(tmp), *c = e;
+  if (us < 0)
+    us = 0;
+  for (int i = 0; i < 3; i++, us /= 10)
+    *--c = (char)('0' + us % 10);
+  *--c = '.';
+  do {
+    *--c = (char)('0' + us % 10);
+    us /= 10;
+  } while (us);
+  memcpy(out, c, (size_t)(e - c));
+  out[e - c] = '\0';
+  return (size_t)(e - c);
+}
+
 static int usage_row(tg_report_t *r, const tg_usage_total_t *t) {
   const tg_usage_query_t *q = &r->q;
-  int64_t end = bucket_end(t->period_start, q->bucket);
-  /* record_id: what the row is, never its numbers */
-  const char *parts[3 + NDIMS * 2];
-  char ps[24], gb[24], nums[NDIMS][8];
-  size_t np = 0;
-  snprintf(ps, sizeof(ps), "%lld", (long long)t->period_start);
-  snprintf(gb, sizeof(gb), "%s", bucket_name(q->bucket));
-  parts[np++] = "usage";
-  parts[np++] = gb;
-  parts[np++] = ps;
+  if (r->time_for != t->period_start || !r->t_start[0]) { /* once per bucket */
+    r->time_for = t->period_start;
+    tg_time_format(t->period_start, r->t_start);
+    tg_time_format(bucket_end(t->period_start, q->bucket), r->t_end);
+    char ps[24];
+    const char *gn = bucket_name(q->bucket);
+    int pl = snprintf(ps, sizeof(ps), "%lld", (long long)t->period_start);
+    tg_record_id_start(&r->rid_prefix);
+    tg_record_id_add(&r->rid_prefix, "usage", 5);
+    tg_record_id_add(&r->rid_prefix, gn, strlen(gn));
+    tg_record_id_add(&r->rid_prefix, ps, (size_t)pl);
+  }
+  /* record_id: what the row is (kind, granularity, period, then each
+   * grouped dimension's name and value), never its numbers */
+  char nums[NDIMS][8], rid[TG_RECORD_ID_LEN + 1];
+  tg_record_id_state_t rs = r->rid_prefix;
   for (int i = 0; i < NDIMS; i++)
     if (q->group_by & dims[i].bit) {
-      parts[np++] = dims[i].name;
-      parts[np++] = dim_value(t, i, nums[i]);
+      const char *v = dim_value(t, i, nums[i]);
+      tg_record_id_add(&rs, dims[i].name, strlen(dims[i].name));
+      tg_record_id_add(&rs, v, strlen(v));
     }
-  char rid[TG_RECORD_ID_LEN + 1];
-  if (tg_record_id(rid, parts, np) != 0)
-    return -1;
-  double avg = t->calls ? (double)t->latency_us_sum / (double)t->calls / 1000.0 : 0;
-  double p50 = quantile(t->h, t->calls, 0.50), p95 = quantile(t->h, t->calls, 0.95),
-         p99 = quantile(t->h, t->calls, 0.99);
+  tg_record_id_end(&rs, rid);
+  /* latencies in ms with 3 decimals, formatted from whole microseconds
+   * (locale-proof, and an export writes millions of them) */
   char lat[4][32];
-  snprintf(lat[0], sizeof(lat[0]), "%.3f", avg);
-  snprintf(lat[1], sizeof(lat[1]), "%.3f", p50);
-  snprintf(lat[2], sizeof(lat[2]), "%.3f", p95);
-  snprintf(lat[3], sizeof(lat[3]), "%.3f", p99);
+  size_t ll[4];
+  ll[0] = fmt_ms(lat[0], t->calls ? (t->latency_us_sum + t->calls / 2) / t->calls : 0);
+  ll[1] = fmt_ms(lat[1], (int64_t)(quantile(t->h, t->calls, 0.50) * 1000 + 0.5));
+  ll[2] = fmt_ms(lat[2], (int64_t)(quantile(t->h, t->calls, 0.95) * 1000 + 0.5));
+  ll[3] = fmt_ms(lat[3], (int64_t)(quantile(t->h, t->calls, 0.99) * 1000 + 0.5));
   if (r->fmt == TG_REPORT_CSV) {
-    int rc = tg_csv_raw(&r->out, rid, TG_RECORD_ID_LEN) || tg_csv_time(&r->out, t->period_start) ||
-             tg_csv_time(&r->out, end);
+    int rc = tg_csv_raw(&r->out, rid, TG_RECORD_ID_LEN) || tg_csv_raw(&r->out, r->t_start, 20) ||
+             tg_csv_raw(&r->out, r->t_end, 20);
     for (int i = 0; i < NDIMS; i++)
       if (q->group_by & dims[i].bit) {
         const char *v = dim_value(t, i, nums[i]);
@@ -362,12 +388,10 @@ static int usage_row(tg_report_t *r, const tg_usage_total_t *t) {
       rc = rc || tg_csv_int(&r->out, t->rejected_by[i]);
     rc = rc || tg_csv_int(&r->out, t->bytes_in) || tg_csv_int(&r->out, t->bytes_out);
     for (int i = 0; i < 4; i++)
-      rc = rc || tg_csv_raw(&r->out, lat[i], strlen(lat[i]));
+      rc = rc || tg_csv_raw(&r->out, lat[i], ll[i]);
     return rc || tg_csv_end_row(&r->out);
   }
-  char a[21], b[21];
-  tg_time_format(t->period_start, a);
-  tg_time_format(end, b);
+  const char *a = r->t_start, *b = r->t_end;
   int rc = puts_(r, r->nrows ? ",{\"record_id\":\"" : "{\"record_id\":\"") || puts_(r, rid) ||
            puts_(r, "\",\"period_start\":\"") || puts_(r, a) || puts_(r, "\",\"period_end\":\"") ||
            puts_(r, b) || puts_(r, "\"");

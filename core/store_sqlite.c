@@ -1457,11 +1457,33 @@ static int plan_pieces(int64_t from, int64_t to, int64_t maxg, int64_t wh, int64
   return n;
 }
 
+/* One group of a bucket being summed in memory (streamed reports). */
+typedef struct agg {
+  char dim[6][TG_USAGE_ID_MAX + 1]; /* developer, app, key, api, plan, subscription */
+  int status_class;
+  uint64_t hash;
+  bool used;
+  tg_usage_total_t t;
+} agg_t;
+
 typedef struct sql_cursor {
   tg_usage_cursor_t base;
   sqlite3_stmt *stmt;
   bool own_tx;
   unsigned group_by;
+  /* streamed: rows come in period order, one piece after the other, and
+   * each bucket is summed in memory (no sort of the whole range) */
+  bool streamed;
+  int64_t bucket;
+  piece_t pieces[PIECES_MAX];
+  int npieces, ipiece;
+  bool piece_open, done;
+  agg_t *tab; /* open addressing, cap a power of two */
+  size_t cap, n;
+  agg_t **order; /* the bucket's groups, sorted, being handed out */
+  size_t norder, iorder;
+  int64_t cur_bucket;
+  bool row_held; /* the statement's current row starts the next bucket */
 } sql_cursor_t;
 
 static const struct {
@@ -1543,57 +1565,73 @@ static int s_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_curso
     result = tg_problem_set(p, TG_ENOMEM, "", NULL);
     goto fail;
   }
-  sb_add(b, "SELECT ");
-  if (q->bucket == TG_USAGE_MONTH)
-    sb_add(b, "CAST(strftime('%s', period_start, 'unixepoch', 'start of month') AS INTEGER)");
-  else if (q->bucket == 0) {
-    snprintf(num, sizeof(num), "%lld", (long long)q->from);
-    sb_add(b, num);
-  } else {
-    snprintf(num, sizeof(num), "period_start - period_start %% %lld", (long long)q->bucket);
-    sb_add(b, num);
-  }
-  sb_add(b, " AS b");
-  for (int d = 0; d < NDIMS; d++)
-    if (q->group_by & usage_dims[d].bit) {
-      sb_add(b, ", ");
-      sb_add(b, usage_dims[d].col);
-    }
-  sb_add(b, ", sum(calls), sum(CASE WHEN status_class BETWEEN 1 AND 4 THEN calls ELSE 0 END), "
-            "sum(CASE WHEN status_class = 4 THEN calls ELSE 0 END), "
-            "sum(CASE WHEN status_class = 5 THEN calls ELSE 0 END), "
-            "sum(CASE WHEN status_class = 0 THEN calls ELSE 0 END)");
-  for (int r = 0; r < TG_USAGE_REASONS; r++) {
-    sb_add(b, ", sum(CASE WHEN reason = '");
-    sb_add(b, tg_usage_reasons[r]); /* our own constant words */
-    sb_add(b, "' THEN calls ELSE 0 END)");
-  }
-  sb_add(b, ", sum(bytes_in), sum(bytes_out), sum(latency_us_sum), sum(h00), sum(h01), "
-            "sum(h02), sum(h03), sum(h04), sum(h05), sum(h06), sum(h07), sum(h08), sum(h09), "
-            "sum(h10), sum(h11), sum(h12), sum(h13), sum(h14) FROM (");
-  for (int i = 0; i < n; i++) {
-    if (i)
-      sb_add(b, " UNION ALL ");
-    snprintf(num, sizeof(num), "%lld AND period_start >= %lld AND period_start < %lld",
-             (long long)pieces[i].g, (long long)pieces[i].start, (long long)pieces[i].end);
-    sb_add(b, "SELECT * FROM usage_rollups WHERE granularity = ");
-    sb_add(b, num);
+  if (q->bucket > 0) {
+    /* minute, hour and day buckets: read each piece in primary-key order
+     * and sum one bucket at a time in memory (memory: one bucket's groups) */
+    cur->streamed = true;
+    cur->bucket = q->bucket;
+    memcpy(cur->pieces, pieces, sizeof(pieces[0]) * (size_t)n);
+    cur->npieces = n;
+    sb_add(b, "SELECT period_start, developer_id, app_id, key_id, api_id, plan_id, "
+              "subscription_id, status_class, reason, calls, bytes_in, bytes_out, "
+              "latency_us_sum, h00, h01, h02, h03, h04, h05, h06, h07, h08, h09, h10, h11, h12, "
+              "h13, h14 FROM usage_rollups WHERE granularity = :g AND period_start >= :s "
+              "AND period_start < :e");
     sb_filters(b, q);
+    sb_add(b, " ORDER BY period_start");
+  } else {
+    sb_add(b, "SELECT ");
+    if (q->bucket == TG_USAGE_MONTH)
+      sb_add(b, "CAST(strftime('%s', period_start, 'unixepoch', 'start of month') AS INTEGER)");
+    else if (q->bucket == 0) {
+      snprintf(num, sizeof(num), "%lld", (long long)q->from);
+      sb_add(b, num);
+    } else {
+      snprintf(num, sizeof(num), "period_start - period_start %% %lld", (long long)q->bucket);
+      sb_add(b, num);
+    }
+    sb_add(b, " AS b");
+    for (int d = 0; d < NDIMS; d++)
+      if (q->group_by & usage_dims[d].bit) {
+        sb_add(b, ", ");
+        sb_add(b, usage_dims[d].col);
+      }
+    sb_add(b, ", sum(calls), sum(CASE WHEN status_class BETWEEN 1 AND 4 THEN calls ELSE 0 END), "
+              "sum(CASE WHEN status_class = 4 THEN calls ELSE 0 END), "
+              "sum(CASE WHEN status_class = 5 THEN calls ELSE 0 END), "
+              "sum(CASE WHEN status_class = 0 THEN calls ELSE 0 END)");
+    for (int r = 0; r < TG_USAGE_REASONS; r++) {
+      sb_add(b, ", sum(CASE WHEN reason = '");
+      sb_add(b, tg_usage_reasons[r]); /* our own constant words */
+      sb_add(b, "' THEN calls ELSE 0 END)");
+    }
+    sb_add(b, ", sum(bytes_in), sum(bytes_out), sum(latency_us_sum), sum(h00), sum(h01), "
+              "sum(h02), sum(h03), sum(h04), sum(h05), sum(h06), sum(h07), sum(h08), sum(h09), "
+              "sum(h10), sum(h11), sum(h12), sum(h13), sum(h14) FROM (");
+    for (int i = 0; i < n; i++) {
+      if (i)
+        sb_add(b, " UNION ALL ");
+      snprintf(num, sizeof(num), "%lld AND period_start >= %lld AND period_start < %lld",
+               (long long)pieces[i].g, (long long)pieces[i].start, (long long)pieces[i].end);
+      sb_add(b, "SELECT * FROM usage_rollups WHERE granularity = ");
+      sb_add(b, num);
+      sb_filters(b, q);
+    }
+    if (n == 0)
+      sb_add(b, "SELECT * FROM usage_rollups WHERE 0");
+    sb_add(b, ") GROUP BY b");
+    for (int d = 0; d < NDIMS; d++)
+      if (q->group_by & usage_dims[d].bit) {
+        sb_add(b, ", ");
+        sb_add(b, usage_dims[d].col);
+      }
+    sb_add(b, " ORDER BY b");
+    for (int d = 0; d < NDIMS; d++)
+      if (q->group_by & usage_dims[d].bit) {
+        sb_add(b, ", ");
+        sb_add(b, usage_dims[d].col);
+      }
   }
-  if (n == 0)
-    sb_add(b, "SELECT * FROM usage_rollups WHERE 0");
-  sb_add(b, ") GROUP BY b");
-  for (int d = 0; d < NDIMS; d++)
-    if (q->group_by & usage_dims[d].bit) {
-      sb_add(b, ", ");
-      sb_add(b, usage_dims[d].col);
-    }
-  sb_add(b, " ORDER BY b");
-  for (int d = 0; d < NDIMS; d++)
-    if (q->group_by & usage_dims[d].bit) {
-      sb_add(b, ", ");
-      sb_add(b, usage_dims[d].col);
-    }
   if (b->overflow) {
     free(b);
     result = tg_problem_set(p, TG_EINVAL, "from", "the range needs too complex a query");
@@ -1631,9 +1669,196 @@ static const char *col_text(sqlite3_stmt *stmt, int i) {
   return v ? v : "";
 }
 
+/* ---- streamed reports: one bucket at a time --------------------------------- */
+
+static const int dim_bits[6] = {TG_USAGE_BY_DEVELOPER, TG_USAGE_BY_APP,  TG_USAGE_BY_KEY,
+                                TG_USAGE_BY_API,       TG_USAGE_BY_PLAN, TG_USAGE_BY_SUBSCRIPTION};
+
+/* Grow the bucket's table to keep it at most half full. */
+static int agg_grow(sql_cursor_t *cur) {
+  size_t cap = cur->cap ? cur->cap * 2 : 1024;
+  agg_t *tab = calloc(cap, sizeof(*tab));
+  if (!tab)
+    return TG_ENOMEM;
+  for (size_t j = 0; j < cur->cap; j++)
+    if (cur->tab[j].used) {
+      size_t i = cur->tab[j].hash & (cap - 1);
+      while (tab[i].used)
+        i = (i + 1) & (cap - 1);
+      tab[i] = cur->tab[j];
+    }
+  free(cur->tab);
+  cur->tab = tab;
+  cur->cap = cap;
+  return TG_OK;
+}
+
+/* Add the statement's current ledger row to its group (only grouped
+ * dimensions tell groups apart, so rows that differ elsewhere add up). */
+static int agg_row(sql_cursor_t *cur, sqlite3_stmt *st) {
+  const unsigned char *dv[6] = {0};
+  int dl[6] = {0};
+  uint64_t h = 1469598103934665603ull;
+  for (int d = 0; d < 6; d++) {
+    if (cur->group_by & dim_bits[d]) {
+      dv[d] = sqlite3_column_text(st, 1 + d);
+      dl[d] = sqlite3_column_bytes(st, 1 + d);
+      if (dl[d] > TG_USAGE_ID_MAX)
+        dl[d] = TG_USAGE_ID_MAX;
+      for (int k = 0; k < dl[d]; k++)
+        h = (h ^ dv[d][k]) * 1099511628211ull;
+    }
+    h = (h ^ 0xff) * 1099511628211ull;
+  }
+  int cls = sqlite3_column_int(st, 7);
+  int gcls = cur->group_by & TG_USAGE_BY_STATUS_CLASS ? cls : -1;
+  h = (h ^ (uint64_t)(gcls + 1)) * 1099511628211ull;
+  if ((cur->n + 1) * 2 > cur->cap && agg_grow(cur))
+    return TG_ENOMEM;
+  size_t i = h & (cur->cap - 1);
+  agg_t *g;
+  for (;; i = (i + 1) & (cur->cap - 1)) {
+    g = &cur->tab[i];
+    if (!g->used)
+      break;
+    if (g->hash != h || g->status_class != gcls)
+      continue;
+    bool same = true;
+    for (int d = 0; d < 6 && same; d++)
+      same = (int)strlen(g->dim[d]) == dl[d] &&
+             memcmp(g->dim[d], dv[d] ? (const char *)dv[d] : "", (size_t)dl[d]) == 0;
+    if (same)
+      break;
+  }
+  if (!g->used) {
+    memset(&g->t, 0, sizeof(g->t));
+    g->used = true;
+    g->hash = h;
+    g->status_class = gcls;
+    for (int d = 0; d < 6; d++) {
+      if (dl[d])
+        memcpy(g->dim[d], dv[d], (size_t)dl[d]);
+      g->dim[d][dl[d]] = '\0';
+    }
+    cur->n++;
+  }
+  tg_usage_total_t *t = &g->t;
+  int64_t calls = sqlite3_column_int64(st, 9);
+  t->calls += calls;
+  if (cls >= 1 && cls <= 4)
+    t->billable += calls;
+  if (cls == 4)
+    t->errors_4xx += calls;
+  else if (cls == 5)
+    t->errors_5xx += calls;
+  else if (cls == 0) {
+    t->rejected += calls;
+    const char *reason = (const char *)sqlite3_column_text(st, 8);
+    for (int r = 0; reason && r < TG_USAGE_REASONS; r++)
+      if (strcmp(reason, tg_usage_reasons[r]) == 0)
+        t->rejected_by[r] += calls;
+  }
+  t->bytes_in += sqlite3_column_int64(st, 10);
+  t->bytes_out += sqlite3_column_int64(st, 11);
+  t->latency_us_sum += sqlite3_column_int64(st, 12);
+  for (int k = 0; k < TG_USAGE_BUCKETS; k++)
+    t->h[k] += sqlite3_column_int64(st, 13 + k);
+  return TG_OK;
+}
+
+/* Output order within a bucket: as the SQL path's ORDER BY. */
+static int agg_cmp(const void *x, const void *y) {
+  const agg_t *a = *(agg_t *const *)x, *b = *(agg_t *const *)y;
+  for (int d = 0; d < 6; d++) {
+    int c = strcmp(a->dim[d], b->dim[d]);
+    if (c)
+      return c;
+  }
+  return a->status_class - b->status_class;
+}
+
+/* Sum the next bucket into the table: 1, or 0 at the end of the range.
+ * The first row of the following bucket stays current in the statement
+ * (cur->row_held) and starts the next call. */
+static int fill_bucket(sql_cursor_t *cur, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)cur->base.store;
+  for (size_t i = 0; i < cur->norder; i++) /* empty the table: only what was used */
+    cur->order[i]->used = false;
+  cur->norder = cur->iorder = 0;
+  cur->n = 0;
+  bool have = false;
+  while (!cur->done) {
+    if (!cur->row_held) {
+      if (!cur->piece_open) {
+        if (cur->ipiece == cur->npieces) {
+          cur->done = true;
+          break;
+        }
+        piece_t *pc = &cur->pieces[cur->ipiece++];
+        sqlite3_reset(cur->stmt);
+        sqlite3_bind_int64(cur->stmt, sqlite3_bind_parameter_index(cur->stmt, ":g"), pc->g);
+        sqlite3_bind_int64(cur->stmt, sqlite3_bind_parameter_index(cur->stmt, ":s"), pc->start);
+        sqlite3_bind_int64(cur->stmt, sqlite3_bind_parameter_index(cur->stmt, ":e"), pc->end);
+        cur->piece_open = true;
+      }
+      int rc = sqlite3_step(cur->stmt);
+      if (rc == SQLITE_DONE) {
+        cur->piece_open = false;
+        continue;
+      }
+      if (rc != SQLITE_ROW)
+        return sql_error(st, "usage report", p);
+    }
+    cur->row_held = false;
+    int64_t ps = sqlite3_column_int64(cur->stmt, 0);
+    int64_t b = ps - ps % cur->bucket;
+    if (have && b != cur->cur_bucket) {
+      cur->row_held = true; /* the next bucket's first row */
+      return 1;
+    }
+    if (!have) {
+      cur->cur_bucket = b;
+      have = true;
+    }
+    if (agg_row(cur, cur->stmt))
+      return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  }
+  return have ? 1 : 0;
+}
+
+static int streamed_next(sql_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p) {
+  while (cur->iorder >= cur->norder) {
+    int rc = fill_bucket(cur, p);
+    if (rc <= 0)
+      return rc;
+    agg_t **order = realloc(cur->order, (cur->n ? cur->n : 1) * sizeof(*order));
+    if (!order)
+      return tg_problem_set(p, TG_ENOMEM, "", NULL);
+    cur->order = order;
+    cur->norder = cur->iorder = 0;
+    for (size_t i = 0; i < cur->cap; i++)
+      if (cur->tab[i].used)
+        cur->order[cur->norder++] = &cur->tab[i];
+    qsort(cur->order, cur->norder, sizeof(*cur->order), agg_cmp);
+  }
+  agg_t *a = cur->order[cur->iorder++];
+  *row = a->t;
+  row->period_start = cur->cur_bucket;
+  row->developer_id = a->dim[0];
+  row->app_id = a->dim[1];
+  row->key_id = a->dim[2];
+  row->api_id = a->dim[3];
+  row->plan_id = a->dim[4];
+  row->subscription_id = a->dim[5];
+  row->status_class = a->status_class;
+  return 1;
+}
+
 static int s_usage_next(tg_usage_cursor_t *c, tg_usage_total_t *row, tg_problem_t *p) {
   sql_cursor_t *cur = (sql_cursor_t *)c;
   sql_store_t *st = (sql_store_t *)c->store;
+  if (cur->streamed)
+    return streamed_next(cur, row, p);
   int rc = sqlite3_step(cur->stmt);
   if (rc == SQLITE_DONE)
     return 0;
@@ -1678,6 +1903,8 @@ static void s_usage_close(tg_usage_cursor_t *c) {
   sql_cursor_t *cur = (sql_cursor_t *)c;
   sql_store_t *st = (sql_store_t *)c->store;
   sqlite3_finalize(cur->stmt);
+  free(cur->tab);
+  free(cur->order);
   if (cur->own_tx)
     sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
   free(cur);
