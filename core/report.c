@@ -77,9 +77,6 @@ int tg_report_params_parse(tg_store_t *s, tg_param_fn get, void *ctx, const char
   tg_usage_query_t *q = &out->q;
   q->status_class = -1;
   int bad = 0;
-  static const char *const known[] = {"from",     "to",     "granularity",
-                                      "group_by", "format", "status_class"};
-  (void)known;
   bad |= parse_time("from", get(ctx, "from"), &q->from, p) != TG_OK;
   bad |= parse_time("to", get(ctx, "to"), &q->to, p) != TG_OK;
   const char *g = get(ctx, "granularity");

@@ -36,6 +36,15 @@ static void *idmap_get(const idmap_t *m, const char *id) {
   }
 }
 
+/* Put rec in the slot of the record with the same id (which must exist). */
+static void idmap_replace(idmap_t *m, void *rec) {
+  for (size_t i = str_hash((const char *)rec) & (m->cap - 1);; i = (i + 1) & (m->cap - 1))
+    if (m->slot[i] && strcmp((const char *)m->slot[i], (const char *)rec) == 0) {
+      m->slot[i] = rec;
+      return;
+    }
+}
+
 static bool idmap_put(idmap_t *m, void *rec) {
   if ((m->n + 1) * 2 > m->cap) {
     size_t cap = m->cap ? m->cap * 2 : 1024;
@@ -554,11 +563,8 @@ static int key_row(const tg_value_t *v, int n, void *ctx) {
     atomic_init(&k->app, a);
     /* an older record with this id stays in the map's chain only if the
      * digest changed: the map keeps the newest */
-    gw_key_t *old = idmap_get(&pol->key_ids, k->id);
-    if (old) {
-      for (size_t i = 0; i < pol->key_ids.cap; i++)
-        if (pol->key_ids.slot[i] == old)
-          pol->key_ids.slot[i] = k; /* same id, same hash: same slot */
+    if (idmap_get(&pol->key_ids, k->id)) {
+      idmap_replace(&pol->key_ids, k); /* the same id: its slot now holds the new record */
     } else if (!idmap_put(&pol->key_ids, k)) {
       free(k);
       return lc->err = "out of memory", -1;
