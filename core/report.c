@@ -173,7 +173,8 @@ struct tg_report {
   size_t nrows;
   /* usage */
   tg_usage_cursor_t *cur;
-  tg_usage_query_t q;
+  tg_usage_query_t q; /* its strings point into params.filter_ids */
+  tg_report_params_t params;
   int64_t time_for; /* the bucket whose times are formatted below */
   char t_start[21], t_end[21];
   tg_record_id_state_t rid_prefix; /* record ids: kind, granularity, period hashed once */
@@ -211,12 +212,35 @@ static int puts_(tg_report_t *r, const char *s) {
 
 /* A JSON string (ids and words: escaped anyway). */
 static int put_jstr(tg_report_t *r, const char *s) {
-  char *e = json_dumps(json_string(s), JSON_ENCODE_ANY);
-  if (!e)
+  /* by hand: no allocation per value (a report writes millions); UTF-8
+   * passes through (ids and slugs are ASCII; emails are validated text) */
+  static const char hex[] = "0123456789abcdef";
+  if (put(r, "\"", 1))
     return -1;
-  int rc = puts_(r, e);
-  free(e);
-  return rc;
+  const char *run = s;
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c >= 0x20 && c != '"' && c != '\\')
+      continue;
+    if (s > run && put(r, run, (size_t)(s - run)))
+      return -1;
+    char esc[6] = {'\\', (char)c, 0, 0, 0, 0};
+    size_t n = 2;
+    if (c < 0x20) {
+      esc[1] = 'u';
+      esc[2] = '0';
+      esc[3] = '0';
+      esc[4] = hex[c >> 4];
+      esc[5] = hex[c & 15];
+      n = 6;
+    }
+    if (put(r, esc, n))
+      return -1;
+    run = s + 1;
+  }
+  if (s > run && put(r, run, (size_t)(s - run)))
+    return -1;
+  return put(r, "\"", 1);
 }
 
 static int put_int(tg_report_t *r, int64_t v) {
@@ -349,6 +373,20 @@ static int usage_row(tg_report_t *r, const tg_usage_total_t *t) {
     tg_record_id_add(&r->rid_prefix, "usage", 5);
     tg_record_id_add(&r->rid_prefix, gn, strlen(gn));
     tg_record_id_add(&r->rid_prefix, ps, (size_t)pl);
+    /* rows of a filtered report are other records than the unfiltered
+     * ones with the same dimensions: the filters are part of the id */
+    const char *fv[6] = {q->developer_id, q->app_id,  q->key_id,
+                         q->api_id,       q->plan_id, q->subscription_id};
+    for (int i = 0; i < 6; i++)
+      if (fv[i]) {
+        tg_record_id_add(&r->rid_prefix, filters[i].param, strlen(filters[i].param));
+        tg_record_id_add(&r->rid_prefix, fv[i], strlen(fv[i]));
+      }
+    if (q->status_class >= 0) {
+      char cls[2] = {(char)('0' + q->status_class), '\0'};
+      tg_record_id_add(&r->rid_prefix, "status_class", 12);
+      tg_record_id_add(&r->rid_prefix, cls, 1);
+    }
   }
   /* record_id: what the row is (kind, granularity, period, then each
    * grouped dimension's name and value), never its numbers */
@@ -423,9 +461,18 @@ int tg_report_open(tg_store_t *s, const tg_report_params_t *rp, tg_report_t **ou
   r->kind = K_USAGE;
   r->fmt = rp->format;
   r->store = s;
+  /* the query's filter strings may belong to the caller's stack: keep copies */
+  r->params = *rp;
   r->q = rp->q;
+  const char **slot[6] = {&r->q.developer_id, &r->q.app_id,  &r->q.key_id,
+                          &r->q.api_id,       &r->q.plan_id, &r->q.subscription_id};
+  for (int i = 0; i < 6; i++)
+    if (*slot[i]) {
+      snprintf(r->params.filter_ids[i], sizeof(r->params.filter_ids[i]), "%s", *slot[i]);
+      *slot[i] = r->params.filter_ids[i];
+    }
   tg_csv_buf_init(&r->out, 0);
-  int rc = tg_store_usage_open(s, &rp->q, &r->cur, p);
+  int rc = tg_store_usage_open(s, &r->q, &r->cur, p);
   if (rc) {
     tg_csv_buf_dispose(&r->out);
     free(r);
@@ -444,8 +491,8 @@ int tg_billing_period(const char *period, int64_t *start, int64_t *end) {
   for (int i = 0; i < 7; i++)
     if (i != 4 && (period[i] < '0' || period[i] > '9'))
       return -1;
-  y = atoi(period);
-  m = atoi(period + 5);
+  y = (int)strtol(period, NULL, 10);
+  m = (int)strtol(period + 5, NULL, 10);
   if (y < 1970 || y > 9999 || m < 1 || m > 12)
     return -1;
   struct tm tm = {0};
@@ -461,8 +508,6 @@ int tg_billing_period(const char *period, int64_t *start, int64_t *end) {
 typedef struct sub_rec {
   char id[40], app_id[40], api_id[40], plan_id[40], status[16];
   int64_t created_at, updated_at;
-  int64_t billable;
-  bool used;
 } sub_rec_t;
 
 typedef struct bill_ctx {
@@ -551,7 +596,18 @@ static int sub_cmp(const void *a, const void *b) {
   return strcmp(x->id, y->id);
 }
 
-/* Compute a month's lines (sorted by developer, then subscription). */
+static int line_cmp(const void *x, const void *y) {
+  const json_t *a = *(json_t *const *)x, *b = *(json_t *const *)y;
+  static const char *const keys[3] = {"developer_id", "subscription_id", "plan_id"};
+  for (int i = 0; i < 3; i++) {
+    int c = strcmp(ostr(a, keys[i]), ostr(b, keys[i]));
+    if (c)
+      return c;
+  }
+  return 0;
+}
+
+/* Compute a month's lines (by developer, subscription, plan). */
 static int billing_compute(tg_store_t *s, int64_t start, int64_t end, json_t **lines,
                            tg_problem_t *p) {
   bill_ctx_t b = {0};
@@ -576,24 +632,37 @@ static int billing_compute(tg_store_t *s, int64_t start, int64_t end, json_t **l
   tg_usage_query_t q = {.from = start,
                         .to = end,
                         .bucket = 0,
-                        .group_by = TG_USAGE_BY_SUBSCRIPTION,
+                        .group_by = TG_USAGE_BY_SUBSCRIPTION | TG_USAGE_BY_PLAN,
                         .status_class = -1};
   tg_usage_cursor_t *cur = NULL;
   if ((rc = tg_store_usage_open(s, &q, &cur, p)))
     goto out;
+  /* billable calls per subscription and plan (a plan changed in the month
+   * bills each plan's calls at that plan's price) */
+  json_t *used = json_object(); /* subscription id -> {plan id: billable} */
   tg_usage_total_t t;
-  while ((rc = tg_store_usage_next(cur, &t, p)) == 1) {
-    sub_rec_t key = {0};
-    snprintf(key.id, sizeof(key.id), "%s", t.subscription_id);
-    sub_rec_t *hit = b.n ? bsearch(&key, b.subs, b.n, sizeof(*b.subs), sub_cmp) : NULL;
-    if (hit)
-      hit->billable += t.billable;
+  while (used && (rc = tg_store_usage_next(cur, &t, p)) == 1) {
+    if (!t.subscription_id[0] || t.billable == 0)
+      continue;
+    json_t *per = json_object_get(used, t.subscription_id);
+    if (!per && (json_object_set_new(used, t.subscription_id, json_object()) ||
+                 !(per = json_object_get(used, t.subscription_id))))
+      rc = -1;
+    else if (json_object_set_new(per, t.plan_id,
+                                 json_integer(oint(per, t.plan_id) + (json_int_t)t.billable)))
+      rc = -1;
+    if (rc < 0)
+      break;
   }
   tg_store_usage_close(cur);
-  if (rc < 0)
+  if (!used || rc < 0) {
+    json_decref(used);
+    rc = rc < 0 && p->code ? rc : tg_problem_set(p, TG_ENOMEM, "", NULL);
     goto out;
+  }
   json_t *arr = json_array();
   if (!arr) {
+    json_decref(used);
     rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
     goto out;
   }
@@ -601,47 +670,65 @@ static int billing_compute(tg_store_t *s, int64_t start, int64_t end, json_t **l
     sub_rec_t *sr = &b.subs[i];
     bool charged = strcmp(sr->status, "pending") != 0 && sr->created_at < end &&
                    !(strcmp(sr->status, "cancelled") == 0 && sr->updated_at < start);
-    if (!charged && sr->billable == 0)
-      continue;
+    json_t *per = json_object_get(used, sr->id);
+    /* one line per plan with calls, and the current plan's (which carries
+     * the monthly fee) */
+    json_t *plans_here = json_object();
+    const char *pid;
+    json_t *v;
+    json_object_foreach(per, pid, v) json_object_set(plans_here, pid, v);
+    if (charged && !json_object_get(plans_here, sr->plan_id))
+      json_object_set_new(plans_here, sr->plan_id, json_integer(0));
     const json_t *app = json_object_get(b.apps, sr->app_id);
     const char *dev_id = ostr(app, "developer_id");
     const json_t *dev = json_object_get(b.devs, dev_id);
-    const json_t *plan = json_object_get(b.plans, sr->plan_id);
     const json_t *api = json_object_get(b.apis, sr->api_id);
-    int64_t fee = charged ? oint(plan, "monthly_fee_minor") : 0;
-    int64_t included = oint(plan, "included_calls");
-    int64_t over = sr->billable > included ? sr->billable - included : 0;
-    int64_t price = oint(plan, "overage_price_micros");
-    /* over <= 1e13 and price <= 1e12: the product needs 128 bits */
-    __extension__ unsigned __int128 prod = (unsigned __int128)over * (unsigned __int128)price;
-    int64_t over_amount = (int64_t)((prod + 500000) / 1000000);
-    json_t *ln = json_pack(
-        "{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "developer_id",
-        dev_id, "developer_email", ostr(dev, "email"), "billing_customer_id",
-        ostr(dev, "billing_customer_id"), "app_id", sr->app_id, "subscription_id", sr->id, "api",
-        ostr(api, "slug"), "plan_id", sr->plan_id, "plan", ostr(plan, "slug"),
-        "subscription_status", sr->status, "monthly_fee_minor", (json_int_t)fee, "included_calls",
-        (json_int_t)included, "billable_calls", (json_int_t)sr->billable, "overage_calls",
-        (json_int_t)over, "price_per_call_micros", (json_int_t)price, "overage_amount_minor",
-        (json_int_t)over_amount, "amount_minor", (json_int_t)(fee + over_amount), "currency",
-        ostr(plan, "currency"));
-    if (!ln || json_array_append_new(arr, ln)) {
-      json_decref(arr);
-      rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
-      goto out;
+    json_object_foreach(plans_here, pid, v) {
+      const json_t *plan = json_object_get(b.plans, pid);
+      int64_t billable = json_integer_value(v);
+      int64_t fee = charged && strcmp(pid, sr->plan_id) == 0 ? oint(plan, "monthly_fee_minor") : 0;
+      int64_t included = oint(plan, "included_calls");
+      int64_t over = billable > included ? billable - included : 0;
+      int64_t price = oint(plan, "overage_price_micros");
+      /* over <= 1e13 and price <= 1e12: the product needs 128 bits */
+      __extension__ unsigned __int128 prod = (unsigned __int128)over * (unsigned __int128)price;
+      int64_t over_amount = (int64_t)((prod + 500000) / 1000000);
+      json_t *ln = json_pack(
+          "{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "developer_id",
+          dev_id, "developer_email", ostr(dev, "email"), "billing_customer_id",
+          ostr(dev, "billing_customer_id"), "app_id", sr->app_id, "subscription_id", sr->id, "api",
+          ostr(api, "slug"), "plan_id", pid, "plan", ostr(plan, "slug"), "subscription_status",
+          sr->status, "monthly_fee_minor", (json_int_t)fee, "included_calls", (json_int_t)included,
+          "billable_calls", (json_int_t)billable, "overage_calls", (json_int_t)over,
+          "price_per_call_micros", (json_int_t)price, "overage_amount_minor",
+          (json_int_t)over_amount, "amount_minor", (json_int_t)(fee + over_amount), "currency",
+          ostr(plan, "currency"));
+      if (!ln || json_array_append_new(arr, ln)) {
+        json_decref(plans_here);
+        json_decref(used);
+        json_decref(arr);
+        rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
+        goto out;
+      }
     }
+    json_decref(plans_here);
   }
-  /* order: developer, then subscription (already by subscription) */
+  json_decref(used);
+  /* order: developer, subscription, plan */
   size_t n = json_array_size(arr);
-  for (size_t i = 1; i < n; i++) /* stable insertion sort by developer id */
-    for (size_t j = i; j > 0; j--) {
-      json_t *x = json_array_get(arr, j - 1), *y = json_array_get(arr, j);
-      if (strcmp(ostr(x, "developer_id"), ostr(y, "developer_id")) <= 0)
-        break;
-      json_incref(x);
-      json_array_set(arr, j - 1, y);
-      json_array_set_new(arr, j, x);
-    }
+  json_t **v2 = malloc((n ? n : 1) * sizeof(*v2));
+  if (!v2) {
+    json_decref(arr);
+    rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++)
+    v2[i] = json_incref(json_array_get(arr, i));
+  qsort(v2, n, sizeof(*v2), line_cmp);
+  json_array_clear(arr);
+  for (size_t i = 0; i < n; i++)
+    json_array_append_new(arr, v2[i]);
+  free(v2);
   *lines = arr;
   rc = TG_OK;
 out:
@@ -736,11 +823,15 @@ static const char *const bill_cols[] = {"record_id",
 
 /* One line (a subscription's, or a developer's total) in either format. */
 static int bill_line(tg_report_t *r, json_t *ln, const char *type) {
-  const char *parts[5] = {"billing", r->period, type, ostr(ln, "developer_id"),
-                          strcmp(type, "total") == 0 ? ostr(ln, "currency")
-                                                     : ostr(ln, "subscription_id")};
+  bool total = strcmp(type, "total") == 0;
+  const char *parts[6] = {"billing",
+                          r->period,
+                          type,
+                          ostr(ln, "developer_id"),
+                          total ? ostr(ln, "currency") : ostr(ln, "subscription_id"),
+                          total ? "" : ostr(ln, "plan_id")};
   char rid[TG_RECORD_ID_LEN + 1];
-  if (tg_record_id(rid, parts, 5) != 0)
+  if (tg_record_id(rid, parts, 6) != 0)
     return -1;
   if (r->fmt == TG_REPORT_CSV) {
     int rc = tg_csv_raw(&r->out, rid, TG_RECORD_ID_LEN) ||
@@ -758,7 +849,8 @@ static int bill_line(tg_report_t *r, json_t *ln, const char *type) {
     return rc || tg_csv_end_row(&r->out);
   }
   int rc = puts_(r, r->nrows ? ",{\"record_id\":\"" : "{\"record_id\":\"") || puts_(r, rid) ||
-           puts_(r, "\",\"line_type\":\"") || puts_(r, type) || puts_(r, "\"");
+           puts_(r, "\",\"period\":\"") || puts_(r, r->period) || puts_(r, "\",\"line_type\":\"") ||
+           puts_(r, type) || puts_(r, "\"");
   for (int i = 3; i < NBILL; i++) {
     const json_t *v = json_object_get(ln, bill_cols[i]);
     if (!v)

@@ -249,9 +249,9 @@ int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_p
  * per subscription: every row with status_class 1..5 (requests the
  * gateway let through) and a non-empty subscription_id. cb gets each
  * subscription id with its total; non-zero stops and is returned. Exact
- * whichever granularities hold the period (each period is counted once):
- * the SQLite backend reads minute rows only, so compaction must keep them
- * at least for the current month (see store_sqlite.c).
+ * whichever granularities hold the period: it is a report (below), which
+ * reads each period from exactly one granularity, so compaction and
+ * retention never change a quota.
  */
 typedef int (*tg_usage_calls_cb)(const char *subscription_id, int64_t calls, void *ctx);
 int tg_store_usage_calls_since(tg_store_t *s, int64_t since, tg_usage_calls_cb cb, void *ctx,

@@ -132,7 +132,8 @@ struct gw_conn {
   gw_chunked_t resp_dec;
   bool resp_done;
   int64_t bytes_in, bytes_out;
-  int64_t started_ms;
+  int64_t started_ms, started_us; /* on the worker's loop clock */
+  int64_t ended_us;               /* when the request was done (latency) */
   char request_id[65];
   char path_log[256];
   char client_ip[INET6_ADDRSTRLEN];
@@ -153,6 +154,7 @@ struct gw_worker {
   gw_server_t *srv;
   gw_stats_t stats; /* this worker's counters: no cache line shared on the hot path */
   int64_t now;      /* ms, refreshed once per loop turn */
+  int64_t now_us;   /* the same instant in us */
   int index;
   pthread_t thread;
   int ep, lfd, tlsfd, wakefd;
@@ -190,10 +192,14 @@ struct gw_worker {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int64_t now_ms(void) {
+static int64_t now_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t now_ms(void) {
+  return now_us() / 1000;
 }
 
 static uint64_t rng_next(gw_worker_t *w) {
@@ -563,8 +569,10 @@ static void meter_request(gw_conn_t *c);
 static void conn_free(gw_conn_t *c) {
   gw_worker_t *w = c->w;
   timer_cancel(c);
-  if (c->status != 0)
-    meter_request(c); /* a request in flight when the connection went */
+  if (c->status != 0) { /* a request in flight when the connection went */
+    c->ended_us = now_us();
+    meter_request(c);
+  }
   request_release(c);
   free(c->headbuf);
   for (int i = 0; i < w->nagain; i++)
@@ -673,7 +681,7 @@ static void access_log(gw_conn_t *c) {
     log_flush(w);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  int64_t ms = now_ms() - c->started_ms;
+  int64_t ms = (c->ended_us - c->started_us) / 1000;
   int n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
                    "{\"time\":%lld.%03ld,\"request_id\":\"%s\",\"client\":\"%s\",\"method\":\"%s\","
                    "\"path\":\"",
@@ -720,7 +728,7 @@ static void count_request(gw_conn_t *c) {
   static const int64_t le_us[GW_LAT_BUCKETS] = {5000,    10000,   25000,   50000,    75000,
                                                 100000,  250000,  500000,  750000,   1000000,
                                                 2500000, 5000000, 7500000, 10000000, 30000000};
-  int64_t us = (now_ms() - c->started_ms) * 1000; /* exact, once per request */
+  int64_t us = c->ended_us - c->started_us;
   int b = 0;
   while (b < GW_LAT_BUCKETS && us > le_us[b])
     b++;
@@ -1073,7 +1081,7 @@ static void meter_request(gw_conn_t *c) {
     if (!c->reason)
       atomic_fetch_add_explicit(&srv->rejected[k.reason], 1, memory_order_relaxed);
   }
-  int64_t us = (now_ms() - c->started_ms) * 1000;
+  int64_t us = c->ended_us - c->started_us;
   if (!gw_meter_add(ms->cur, &k, c->bytes_in, c->bytes_out, us))
     tg_log(TG_LOG_ERROR, "usage not counted: out of memory", "request_id", c->request_id, NULL);
 }
@@ -1354,6 +1362,7 @@ static bool client_flush(gw_conn_t *c) {
 }
 
 static void request_done(gw_conn_t *c) {
+  c->ended_us = now_us(); /* one clock read for the metrics, the ledger and the log */
   count_request(c);
   meter_request(c);
   access_log(c);
@@ -1818,6 +1827,7 @@ static void start_request(gw_conn_t *c) {
       return;
     }
     c->started_ms = w->now;
+    c->started_us = w->now_us;
     c->key = NULL;
     c->sub = NULL;
     c->plan = NULL;
@@ -2263,7 +2273,8 @@ static void defer_free(gw_worker_t *w, gw_conn_t *c) {
 
 static void *worker_main(void *arg) {
   gw_worker_t *w = arg;
-  w->now = now_ms();
+  w->now_us = now_us();
+  w->now = w->now_us / 1000;
   gw_server_t *srv = w->srv;
   struct epoll_event evs[GW_EVENTS];
   int64_t last_sweep = now_ms();
@@ -2306,7 +2317,8 @@ static void *worker_main(void *arg) {
     if (w->nagain > 0)
       timeout = 0;
     int n = epoll_wait(w->ep, evs, GW_EVENTS, timeout);
-    w->now = now_ms();
+    w->now_us = now_us();
+    w->now = w->now_us / 1000;
     /* the snapshot may have changed while we slept: requests in this
      * batch must see the one that is current now */
     gw_snapshot_t *fresh = atomic_load_explicit(&srv->current, memory_order_acquire);
@@ -2377,7 +2389,8 @@ static void *worker_main(void *arg) {
     for (int i = 0; i < w->ndead; i++)
       conn_free(w->dead[i]);
     w->ndead = 0;
-    int64_t now = w->now = now_ms();
+    w->now_us = now_us();
+    int64_t now = w->now = w->now_us / 1000;
     while (w->nheap > 0 && w->heap[0]->heap_key <= now) {
       gw_conn_t *c = w->heap[0];
       if (c->deadline > now) { /* extended since it was filed: re-file */

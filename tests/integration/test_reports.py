@@ -345,6 +345,12 @@ def aggregate(events, bucket, dims, filters=None, lo=None, hi=None):
         end = month_after(b) if bucket == "month" else b + BUCKETS[bucket]
         row = {"period_start": iso(b), "period_end": iso(end)}
         parts = ["usage", bucket, str(b)]
+        # a filtered report's rows are other records: its filters are in the id
+        for name in ("developer_id", "app_id", "key_id", "api_id", "plan_id", "subscription_id"):
+            if filters and name in filters:
+                parts += [name, str(filters[name])]
+        if filters and "status_class" in filters:
+            parts += ["status_class", str(filters["status_class"])]
         i = 1
         for d, col in DIMS:
             if d in dims:
@@ -838,10 +844,12 @@ def test_granularities_agree_through_compaction(w):
 def billing_lines(w, period_start, period_end, plan_over=None):
     """The statement the rules of core/report.h give for the month."""
     plan_over = plan_over or {}
-    billable = {}
+    billable = {}  # (subscription, plan id) -> calls: each plan's calls at its own price
     for e in w.events:
         if period_start <= e["t"] < period_end and 1 <= e["status_class"] <= 4:
-            billable[e["subscription_id"]] = billable.get(e["subscription_id"], 0) + 1
+            k = (e["subscription_id"], e["plan_id"])
+            billable[k] = billable.get(k, 0) + 1
+    slug_of = {pl["id"]: slug for slug, pl in w.plans.items()}
     seen = {}
     for c in w.who.values():
         for api, s in c["subs"].items():
@@ -852,24 +860,26 @@ def billing_lines(w, period_start, period_end, plan_over=None):
         status = s["status"]
         cancelled_before = status == "cancelled" and s.get("cancelled_at", 0) < period_start
         charged = status != "pending" and created < period_end and not cancelled_before
-        n = billable.get(sid, 0)
-        if not charged and n == 0:
-            continue
-        _, fields = PLANS[s["plan"]]
-        fields = dict(fields, **plan_over.get(s["plan"], {}))
-        fee = fields["monthly_fee_minor"] if charged else 0
-        over = max(0, n - fields["included_calls"])
-        price = fields["overage_price_micros"]
-        amount_over = (over * price + 500000) // 1000000
-        lines.append({"developer_id": c["dev"], "developer_email": c["email"],
-                      "billing_customer_id": "", "app_id": c["app"], "subscription_id": sid,
-                      "api": api, "plan_id": s["plan_id"], "plan": s["plan"],
-                      "subscription_status": status, "monthly_fee_minor": fee,
-                      "included_calls": fields["included_calls"], "billable_calls": n,
-                      "overage_calls": over, "price_per_call_micros": price,
-                      "overage_amount_minor": amount_over, "amount_minor": fee + amount_over,
-                      "currency": fields["currency"]})
-    lines.sort(key=lambda ln: (ln["developer_id"], ln["subscription_id"]))
+        plans = {pid: n for (sub, pid), n in billable.items() if sub == sid}
+        if charged:
+            plans.setdefault(s["plan_id"], 0)  # the current plan carries the fee
+        for pid, n in plans.items():
+            slug = slug_of[pid]
+            _, fields = PLANS[slug]
+            fields = dict(fields, **plan_over.get(slug, {}))
+            fee = fields["monthly_fee_minor"] if charged and pid == s["plan_id"] else 0
+            over = max(0, n - fields["included_calls"])
+            price = fields["overage_price_micros"]
+            amount_over = (over * price + 500000) // 1000000
+            lines.append({"developer_id": c["dev"], "developer_email": c["email"],
+                          "billing_customer_id": "", "app_id": c["app"], "subscription_id": sid,
+                          "api": api, "plan_id": pid, "plan": slug,
+                          "subscription_status": status, "monthly_fee_minor": fee,
+                          "included_calls": fields["included_calls"], "billable_calls": n,
+                          "overage_calls": over, "price_per_call_micros": price,
+                          "overage_amount_minor": amount_over, "amount_minor": fee + amount_over,
+                          "currency": fields["currency"]})
+    lines.sort(key=lambda ln: (ln["developer_id"], ln["subscription_id"], ln["plan_id"]))
     return lines
 
 
@@ -884,7 +894,8 @@ def with_totals(period, lines):
             j += 1
         for ln in lines[i:j]:
             o = {"record_id": record_id("billing", period, "subscription", dev,
-                                        ln["subscription_id"]), "line_type": "subscription"}
+                                        ln["subscription_id"], ln["plan_id"]),
+                 "period": period, "line_type": "subscription"}
             o.update(ln)
             out.append(o)
         currencies = []
@@ -893,8 +904,8 @@ def with_totals(period, lines):
                 currencies.append(ln["currency"])
         for cur in currencies:
             mine = [ln for ln in lines[i:j] if ln["currency"] == cur]
-            t = {"record_id": record_id("billing", period, "total", dev, cur),
-                 "line_type": "total", "developer_id": dev,
+            t = {"record_id": record_id("billing", period, "total", dev, cur, ""),
+                 "period": period, "line_type": "total", "developer_id": dev,
                  "developer_email": lines[i]["developer_email"], "billing_customer_id": ""}
             for f in ("monthly_fee_minor", "billable_calls", "overage_calls",
                       "overage_amount_minor", "amount_minor"):
@@ -922,8 +933,7 @@ def billing_csv_as_json(body, period, what):
         eq(r["period"], period, "%s: period column" % what)
         o = {}
         for c in BILL_COLS:
-            if c == "period" or (r[c] == "" and r["line_type"] == "total" and c not in
-                                 ("billing_customer_id",)):
+            if r[c] == "" and r["line_type"] == "total" and c not in ("billing_customer_id",):
                 continue
             o[c] = int(r[c]) if c in BILL_INTS else r[c]
         out.append(o)
