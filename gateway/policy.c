@@ -374,6 +374,22 @@ static int plan_row(const tg_value_t *v, int n, void *ctx) {
   snprintf(np->slug, sizeof(np->slug), "%s", vtext(&v[1]));
   for (int i = 0; i < GW_LIM_N; i++)
     np->limit[i] = vint(&v[2 + i]);
+  static const char *const names[GW_LIM_N] = {"second", "minute", "hour", "day", "month"};
+  static const int64_t windows[3] = {1, 60, 3600};
+  for (int i = 0; i < GW_LIM_N; i++) {
+    if (np->limit[i] <= 0)
+      continue;
+    /* a month's w is its length in seconds: the longest, 31 days, stands
+     * for every month (the RateLimit field's t gives the exact reset) */
+    int k = snprintf(np->policy_hdr + np->policy_len, sizeof(np->policy_hdr) - np->policy_len,
+                     "%s\"%s\";q=%lld;w=%lld", np->policy_len ? ", " : "", names[i],
+                     (long long)np->limit[i],
+                     (long long)(i < 3             ? windows[i]
+                                 : i == GW_LIM_DAY ? 86400
+                                                   : 31 * 86400));
+    if (k > 0 && (size_t)k < sizeof(np->policy_hdr) - np->policy_len)
+      np->policy_len += (size_t)k;
+  }
   plan_ent_t *pe = idmap_get(&pol->plan_ids, np->id);
   if (!pe) {
     if (!(pe = calloc(1, sizeof(*pe))) ||

@@ -61,6 +61,9 @@ typedef struct gw_plan {
   char id[GW_POL_ID_LEN + 1];
   char slug[64];
   int64_t limit[GW_LIM_N]; /* 0: no such policy */
+  /* the RateLimit-Policy field value, made once: it only changes with the plan */
+  char policy_hdr[160];
+  size_t policy_len;
 } gw_plan_t;
 
 typedef struct gw_dev {

@@ -147,7 +147,11 @@ struct gw_conn {
   bool metered;
   bool has_verdict;
   int64_t up_start_ms, up_head_ms; /* the upstream exchange, for the access log */
-  gw_verdict_t verdict;            /* limits and quotas, for the response headers */
+  /* the last valid key this connection sent, and its record */
+  char kc_text[TG_TOKEN_MAX_LEN];
+  size_t kc_len;
+  const gw_key_t *kc_key;
+  gw_verdict_t verdict; /* limits and quotas, for the response headers */
 };
 
 struct gw_worker {
@@ -155,6 +159,7 @@ struct gw_worker {
   gw_stats_t stats; /* this worker's counters: no cache line shared on the hot path */
   int64_t now;      /* ms, refreshed once per loop turn */
   int64_t now_us;   /* the same instant in us */
+  int64_t wall_ms;  /* the gateway's wall clock (gw_wall_ms) at that instant */
   int index;
   pthread_t thread;
   int ep, lfd, tlsfd, wakefd;
@@ -673,23 +678,49 @@ static void log_path(gw_worker_t *w, const gw_conn_t *c) {
   }
 }
 
+/* Append to the log buffer (room was made before the line started). */
+static void log_raw(gw_worker_t *w, const char *s, size_t n) {
+  if (w->loglen + n < GW_LOG_BUF) {
+    memcpy(w->logbuf + w->loglen, s, n);
+    w->loglen += n;
+  }
+}
+
+static void log_lit(gw_worker_t *w, const char *s) {
+  log_raw(w, s, strlen(s));
+}
+
+static void log_num(gw_worker_t *w, int64_t v) {
+  char tmp[24];
+  if (v < 0) {
+    log_raw(w, "-", 1);
+    v = -v;
+  }
+  log_raw(w, tmp, fmt_dec(tmp, (uint64_t)v));
+}
+
+/* One JSON line per request, written by hand (no printf: this runs for
+ * every request). Strings that may hold client bytes go through log_str. */
 static void access_log(gw_conn_t *c) {
   gw_worker_t *w = c->w;
   if (w->srv->access_log_fd < 0)
     return;
-  if (w->loglen > GW_LOG_BUF - 2048)
+  if (w->loglen > GW_LOG_BUF - 4096)
     log_flush(w);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  int64_t ms = (c->ended_us - c->started_us) / 1000;
-  int n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
-                   "{\"time\":%lld.%03ld,\"request_id\":\"%s\",\"client\":\"%s\",\"method\":\"%s\","
-                   "\"path\":\"",
-                   (long long)ts.tv_sec, ts.tv_nsec / 1000000, c->request_id, c->client_ip,
-                   c->method_name ? c->method_name : "-");
-  if (n < 0 || (size_t)n >= GW_LOG_BUF - w->loglen)
-    return;
-  w->loglen += (size_t)n;
+  int64_t wall = w->wall_ms, ms = (c->ended_us - c->started_us) / 1000;
+  char frac[4] = {(char)('0' + wall % 1000 / 100), (char)('0' + wall % 100 / 10),
+                  (char)('0' + wall % 10), 0};
+  log_lit(w, "{\"time\":");
+  log_num(w, wall / 1000);
+  log_raw(w, ".", 1);
+  log_raw(w, frac, 3);
+  log_lit(w, ",\"request_id\":\"");
+  log_str(w, c->request_id, strlen(c->request_id));
+  log_lit(w, "\",\"client\":\"");
+  log_lit(w, c->client_ip);
+  log_lit(w, "\",\"method\":\"");
+  log_lit(w, c->method_name ? c->method_name : "-");
+  log_lit(w, "\",\"path\":\"");
   log_path(w, c);
   /* upstream: from sending the request to its response head (Kong's
    * "proxy" latency); the rest is the gateway's and the client's */
@@ -697,18 +728,34 @@ static void access_log(gw_conn_t *c) {
       c->up_head_ms >= c->up_start_ms && c->up_start_ms ? c->up_head_ms - c->up_start_ms : 0;
   gw_app_t *app =
       c->key ? atomic_load_explicit(&((gw_key_t *)c->key)->app, memory_order_acquire) : NULL;
-  n = snprintf(w->logbuf + w->loglen, GW_LOG_BUF - w->loglen,
-               "\",\"status\":%d,\"api\":\"%s\",\"app\":\"%s\",\"key_prefix\":\"%s\","
-               "\"plan\":\"%s\",\"rejected\":\"%s\",\"upstream\":\"%s\",\"target\":\"%s\","
-               "\"latency_ms\":%lld,\"upstream_latency_ms\":%lld,\"gateway_latency_ms\":%lld,"
-               "\"bytes_in\":%lld,\"bytes_out\":%lld}\n",
-               c->status, c->route ? c->route->slug : "", app ? app->id : "",
-               c->key ? c->key->prefix : "", c->plan ? c->plan->slug : "",
-               gw_reason_name((gw_reason_t)c->reason), c->target ? c->target->host_header : "",
-               c->target ? c->target->id : "", (long long)ms, (long long)up_ms,
-               (long long)(ms - up_ms), (long long)c->bytes_in, (long long)c->bytes_out);
-  if (n > 0 && (size_t)n < GW_LOG_BUF - w->loglen)
-    w->loglen += (size_t)n;
+  log_lit(w, "\",\"status\":");
+  log_num(w, c->status);
+  log_lit(w, ",\"api\":\"");
+  log_lit(w, c->route ? c->route->slug : "");
+  log_lit(w, "\",\"app\":\"");
+  log_lit(w, app ? app->id : "");
+  log_lit(w, "\",\"key_prefix\":\"");
+  log_lit(w, c->key ? c->key->prefix : "");
+  log_lit(w, "\",\"plan\":\"");
+  log_str(w, c->plan ? c->plan->slug : "", c->plan ? strlen(c->plan->slug) : 0);
+  log_lit(w, "\",\"rejected\":\"");
+  log_lit(w, gw_reason_name((gw_reason_t)c->reason));
+  log_lit(w, "\",\"upstream\":\"");
+  log_str(w, c->target ? c->target->host_header : "",
+          c->target ? strlen(c->target->host_header) : 0);
+  log_lit(w, "\",\"target\":\"");
+  log_lit(w, c->target ? c->target->id : "");
+  log_lit(w, "\",\"latency_ms\":");
+  log_num(w, ms);
+  log_lit(w, ",\"upstream_latency_ms\":");
+  log_num(w, up_ms);
+  log_lit(w, ",\"gateway_latency_ms\":");
+  log_num(w, ms - up_ms);
+  log_lit(w, ",\"bytes_in\":");
+  log_num(w, c->bytes_in);
+  log_lit(w, ",\"bytes_out\":");
+  log_num(w, c->bytes_out);
+  log_lit(w, "}\n");
 }
 
 /* Add to a counter only this worker writes: a plain load and store (no
@@ -835,42 +882,56 @@ int64_t gw_wall_ms(const gw_server_t *srv) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + srv->clock_offset_ms;
 }
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static const char *const policy_names[GW_LIM_N] = {"second", "minute", "hour", "day", "month"};
 
 /* RateLimit-Policy/RateLimit (draft-ietf-httpapi-ratelimit-headers) for
  * every policy / the tightest, and X-RateLimit-* for the tightest. */
-static size_t fmt_ratelimit(const gw_server_t *srv, const gw_verdict_t *v, char *out, size_t cap) {
-  size_t n = 0;
-  if (v->nstates == 0 || srv->ratelimit_headers == GW_RLH_OFF)
+static size_t fmt_ratelimit(const gw_server_t *srv, const gw_plan_t *plan, const gw_verdict_t *v,
+                            char *out, size_t cap) {
+  if (cap > 0)
+    out[0] = '\0';
+  if (v->nstates == 0 || srv->ratelimit_headers == GW_RLH_OFF || cap < 512)
     return 0;
   const gw_limit_state_t *t = &v->states[0];
-#define OUT(...)                                                                                   \
+  size_t n = 0;
+#define PUT(s, len)                                                                                \
   do {                                                                                             \
-    int k_ = snprintf(out + n, cap - n, __VA_ARGS__);                                              \
-    if (k_ < 0 || (size_t)k_ >= cap - n)                                                           \
+    size_t l_ = (len);                                                                             \
+    if (n + l_ >= cap)                                                                             \
       return 0;                                                                                    \
-    n += (size_t)k_;                                                                               \
+    memcpy(out + n, (s), l_);                                                                      \
+    n += l_;                                                                                       \
+  } while (0)
+#define LIT(s) PUT(s, sizeof(s) - 1)
+#define DEC(x)                                                                                     \
+  do {                                                                                             \
+    char d_[24];                                                                                   \
+    PUT(d_, fmt_dec(d_, (uint64_t)((x) < 0 ? 0 : (x))));                                           \
   } while (0)
   if (srv->ratelimit_headers == GW_RLH_BOTH || srv->ratelimit_headers == GW_RLH_DRAFT) {
-    OUT("RateLimit-Policy: ");
-    for (int i = 0; i < v->nstates; i++) {
-      const gw_limit_state_t *s = &v->states[i];
-      OUT("%s\"%s\";q=%lld;w=%lld", i ? ", " : "", policy_names[s->policy], (long long)s->limit,
-          (long long)s->window_s);
-    }
-    OUT("\r\nRateLimit: \"%s\";r=%lld;t=%lld\r\n", policy_names[t->policy], (long long)t->remaining,
-        (long long)t->reset_s);
+    LIT("RateLimit-Policy: ");
+    PUT(plan->policy_hdr, plan->policy_len);
+    LIT("\r\nRateLimit: \"");
+    PUT(policy_names[t->policy], strlen(policy_names[t->policy]));
+    LIT("\";r=");
+    DEC(t->remaining);
+    LIT(";t=");
+    DEC(t->reset_s);
+    LIT("\r\n");
   }
-  if (srv->ratelimit_headers == GW_RLH_BOTH || srv->ratelimit_headers == GW_RLH_LEGACY)
-    OUT("X-RateLimit-Limit: %lld\r\nX-RateLimit-Remaining: %lld\r\nX-RateLimit-Reset: %lld\r\n",
-        (long long)t->limit, (long long)t->remaining, (long long)t->reset_s);
-#undef OUT
+  if (srv->ratelimit_headers == GW_RLH_BOTH || srv->ratelimit_headers == GW_RLH_LEGACY) {
+    LIT("X-RateLimit-Limit: ");
+    DEC(t->limit);
+    LIT("\r\nX-RateLimit-Remaining: ");
+    DEC(t->remaining);
+    LIT("\r\nX-RateLimit-Reset: ");
+    DEC(t->reset_s);
+    LIT("\r\n");
+  }
+#undef DEC
+#undef LIT
+#undef PUT
+  out[n] = '\0'; /* n < cap: PUT keeps one byte free */
   return n;
 }
 
@@ -972,7 +1033,7 @@ static bool admit(gw_conn_t *c) {
     c->admitted = true;
     return true;
   }
-  int64_t wall_ms = gw_wall_ms(srv), minute = wall_ms / 60000;
+  int64_t wall_ms = w->wall_ms, minute = wall_ms / 60000;
   const char *kt = NULL;
   size_t kl = 0;
   char hdr[256];
@@ -991,10 +1052,19 @@ static bool admit(gw_conn_t *c) {
   }
   tg_token_type_t type;
   const gw_key_t *k = NULL;
-  if (tg_token_check(kt, kl, &type, NULL) == TG_OK && type == TG_TOKEN_API_KEY) {
+  if (c->kc_len == kl && memcmp(c->kc_text, kt, kl) == 0) {
+    /* the same key as this connection's previous request: the same record
+     * (its status is read afresh below); skips the checksum and digest */
+    k = c->kc_key;
+  } else if (tg_token_check(kt, kl, &type, NULL) == TG_OK && type == TG_TOKEN_API_KEY) {
     unsigned char d[TG_DIGEST_BYTES];
     tg_token_digest(&srv->secret, kt, kl, d);
     k = gw_policy_key(srv->policy, d);
+    if (k && kl <= sizeof(c->kc_text)) {
+      memcpy(c->kc_text, kt, kl);
+      c->kc_len = kl;
+      c->kc_key = k;
+    }
   }
   int64_t exp = k ? atomic_load_explicit(&((gw_key_t *)k)->expires_at, memory_order_acquire) : 0;
   gw_app_t *app = k ? atomic_load_explicit(&((gw_key_t *)k)->app, memory_order_acquire) : NULL;
@@ -1032,7 +1102,7 @@ static bool admit(gw_conn_t *c) {
     return false;
   }
   gw_verdict_t *v = &c->verdict;
-  gw_limits_take(sub, c->plan, mono_ns(), wall_ms / 1000, v);
+  gw_limits_take(sub, c->plan, w->now_us * 1000, wall_ms / 1000, v);
   c->has_verdict = v->nstates > 0;
   if (!v->admitted) {
     char h[1024], m[128];
@@ -1043,7 +1113,7 @@ static bool admit(gw_conn_t *c) {
       ra = 1;
     ra += (int64_t)(rng_next(w) % (uint64_t)(ra / 10 + 1));
     int hn = snprintf(h, sizeof(h), "Retry-After: %lld\r\n", (long long)ra);
-    fmt_ratelimit(srv, v, h + hn, sizeof(h) - (size_t)hn);
+    fmt_ratelimit(srv, c->plan, v, h + hn, sizeof(h) - (size_t)hn);
     snprintf(m, sizeof(m), ",\"violated-policies\":[\"%s\"]", policy_names[v->violated]);
     bool quota = v->violated >= GW_LIM_DAY;
     refuse(
@@ -1065,7 +1135,7 @@ static void meter_request(gw_conn_t *c) {
   gw_meter_slot_t *ms = &srv->meter[c->w->index];
   if (!ms->cur) /* metering = off */
     return;
-  int64_t wall = gw_wall_ms(srv) / 1000;
+  int64_t wall = c->w->wall_ms / 1000;
   gw_meter_key_t k = {.minute = wall - wall % 60,
                       .key = c->key,
                       .sub = c->sub,
@@ -1724,7 +1794,7 @@ static void parse_response_head(gw_conn_t *c) {
   ok = ok && put_header(b, "X-Request-Id", c->request_id, strlen(c->request_id));
   if (ok && c->has_verdict) {
     char rlh[1024];
-    size_t rn = fmt_ratelimit(c->w->srv, &c->verdict, rlh, sizeof(rlh));
+    size_t rn = fmt_ratelimit(c->w->srv, c->plan, &c->verdict, rlh, sizeof(rlh));
     ok = buf_put(b, rlh, rn);
   }
   if (c->resp_mode == 1 || (!has_body && rh.content_length >= 0 && c->method == GW_HEAD)) {
@@ -2276,6 +2346,7 @@ static void *worker_main(void *arg) {
   w->now_us = now_us();
   w->now = w->now_us / 1000;
   gw_server_t *srv = w->srv;
+  w->wall_ms = gw_wall_ms(srv);
   struct epoll_event evs[GW_EVENTS];
   int64_t last_sweep = now_ms();
   for (;;) {
@@ -2319,6 +2390,7 @@ static void *worker_main(void *arg) {
     int n = epoll_wait(w->ep, evs, GW_EVENTS, timeout);
     w->now_us = now_us();
     w->now = w->now_us / 1000;
+    w->wall_ms = gw_wall_ms(srv);
     /* the snapshot may have changed while we slept: requests in this
      * batch must see the one that is current now */
     gw_snapshot_t *fresh = atomic_load_explicit(&srv->current, memory_order_acquire);
