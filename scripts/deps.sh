@@ -15,6 +15,10 @@ packages=(
   clang libclang-rt-14-dev clang-format
   # operations, the quick start and the tests (TLS certificates, HTTP calls)
   sqlite3 curl openssl ca-certificates
+  # the browser tests (tests/browser): Debian's Chromium, driven by the npm
+  # playwright-core from tools/ (which never downloads a browser of its own),
+  # and a font so that pages and screenshots render text
+  chromium fonts-dejavu-core
 )
 
 missing=()
@@ -43,22 +47,30 @@ else
   apt_install "${missing[@]}"
 fi
 
-# ---- npm tooling in tools/ (redocly: the lint of admin-api/openapi.json) ------
-# Node comes from Debian (18 on bookworm) unless some node is installed
-# already; tools/package.json pins versions that run on node >= 18.17.
+# ---- npm tooling in tools/ ----------------------------------------------------
+# redocly (the lint of admin-api/openapi.json), playwright-core + axe-core (the
+# browser tests), uplot + rapidoc (portal dist files, copied into
+# web/static/vendor by scripts/vendor.sh). Node comes from Debian (18 on
+# bookworm) unless some node is installed already (the machine image has 20);
+# redocly runs on node >= 18.17, playwright-core 1.65 needs node >= 20.
 # `npm ci` runs only when tools/node_modules is missing or older than
-# tools/package-lock.json, so a second run does nothing.
+# tools/package-lock.json, so a second run does nothing. --ignore-scripts and
+# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD: nothing downloads a browser, ever.
 if ! command -v node >/dev/null; then
   apt_install nodejs npm
 fi
 command -v npm >/dev/null || { echo "deps: node is installed but npm is not: install npm" >&2; exit 1; }
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "deps: warning: node $(node --version) is older than 20: the browser tests (playwright-core) will fail" >&2
+fi
 
 tools="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tools"
 if [ ! -d "$tools/node_modules" ] || [ ! -f "$tools/node_modules/.package-lock.json" ] ||
   [ "$tools/package-lock.json" -nt "$tools/node_modules/.package-lock.json" ]; then
   echo "deps: npm ci in $tools"
-  (cd "$tools" && SCARF_ANALYTICS=false npm_config_update_notifier=false \
-    npm ci --ignore-scripts --no-audit --no-fund)
+  (cd "$tools" && SCARF_ANALYTICS=false PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
+    npm_config_update_notifier=false npm ci --ignore-scripts --no-audit --no-fund)
 else
   echo "deps: npm tooling in tools/node_modules up to date"
 fi
