@@ -176,10 +176,15 @@ int main(int argc, char **argv) {
     return 2;
   }
   tg_keys_init();
-  char dir[] = "/tmp/tollgate-reports-bench.XXXXXX", path[128];
-  if (!mkdtemp(dir))
-    return 1;
-  snprintf(path, sizeof(path), "%s/bench.db", dir);
+  char dir[] = "/tmp/tollgate-reports-bench.XXXXXX", path[256];
+  const char *reuse = getenv("TG_BENCH_DB"); /* a store kept by TG_BENCH_KEEP: skip seeding */
+  if (reuse) {
+    snprintf(path, sizeof(path), "%s", reuse);
+  } else {
+    if (!mkdtemp(dir))
+      return 1;
+    snprintf(path, sizeof(path), "%s/bench.db", dir);
+  }
   tg_problem_t p = {0};
   tg_store_t *s = NULL;
   tg_store_options_t o = {.path = path, .busy_timeout_ms = 5000, .mode = TG_STORE_OPEN_MIGRATE};
@@ -192,8 +197,10 @@ int main(int argc, char **argv) {
          minutes);
   fflush(stdout);
   double t0 = now_s();
-  seed(path, apps, apis, minutes);
-  printf("  seeded in %.1f s\n", now_s() - t0);
+  if (!reuse) {
+    seed(path, apps, apis, minutes);
+    printf("  seeded in %.1f s\n", now_s() - t0);
+  }
 
   t0 = now_s();
   tg_usage_retention_t keep = {0, 0};
@@ -273,7 +280,7 @@ int main(int argc, char **argv) {
          "rows/s\n",
          n - 1, bytes, te, (double)(n - 1) / te);
   tg_store_close(s);
-  if (getenv("TG_BENCH_KEEP")) {
+  if (getenv("TG_BENCH_KEEP") || reuse) {
     printf("kept %s\n", path);
     return 0;
   }

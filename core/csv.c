@@ -111,6 +111,14 @@ int tg_csv_field(tg_csv_buf_t *b, const char *s, size_t len) {
   if (len > TG_CSV_BUF_MAX_LIMIT) /* also keeps the sums below from overflowing */
     return TG_ETOOBIG;
 
+  /* Fast path, the common case (ids, slugs, words): printable ASCII that
+   * needs no quoting, no prefix and no repair goes out as it is. */
+  bool plain = len > 0 && !formula_lead(u[0]) && u[0] != ' ' && u[len - 1] != ' ';
+  for (size_t i = 0; plain && i < len; i++)
+    plain = u[i] > 0x20 && u[i] < 0x7f && u[i] != ',' && u[i] != '"';
+  if (plain)
+    return put_token(b, s, len);
+
   /* Measure: output bytes of the text, quotes to double, need to quote. */
   bool prefix = len > 0 && formula_lead(u[0]);
   bool special = false;

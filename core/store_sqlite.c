@@ -1460,6 +1460,7 @@ static int plan_pieces(int64_t from, int64_t to, int64_t maxg, int64_t wh, int64
 /* One group of a bucket being summed in memory (streamed reports). */
 typedef struct agg {
   char dim[6][TG_USAGE_ID_MAX + 1]; /* developer, app, key, api, plan, subscription */
+  uint8_t dlen[6];
   int status_class;
   uint64_t hash;
   bool used;
@@ -1725,8 +1726,7 @@ static int agg_row(sql_cursor_t *cur, sqlite3_stmt *st) {
       continue;
     bool same = true;
     for (int d = 0; d < 6 && same; d++)
-      same = (int)strlen(g->dim[d]) == dl[d] &&
-             memcmp(g->dim[d], dv[d] ? (const char *)dv[d] : "", (size_t)dl[d]) == 0;
+      same = g->dlen[d] == dl[d] && (dl[d] == 0 || memcmp(g->dim[d], dv[d], (size_t)dl[d]) == 0);
     if (same)
       break;
   }
@@ -1739,6 +1739,7 @@ static int agg_row(sql_cursor_t *cur, sqlite3_stmt *st) {
       if (dl[d])
         memcpy(g->dim[d], dv[d], (size_t)dl[d]);
       g->dim[d][dl[d]] = '\0';
+      g->dlen[d] = (uint8_t)dl[d];
     }
     cur->n++;
   }
@@ -1766,10 +1767,14 @@ static int agg_row(sql_cursor_t *cur, sqlite3_stmt *st) {
   return TG_OK;
 }
 
-/* Output order within a bucket: as the SQL path's ORDER BY. */
-static int agg_cmp(const void *x, const void *y) {
+/* Output order within a bucket: as the SQL path's ORDER BY (only the
+ * grouped dimensions can differ). */
+static int agg_cmp(const void *x, const void *y, void *ctx) {
   const agg_t *a = *(agg_t *const *)x, *b = *(agg_t *const *)y;
+  unsigned group_by = *(const unsigned *)ctx;
   for (int d = 0; d < 6; d++) {
+    if (!(group_by & (unsigned)dim_bits[d]))
+      continue;
     int c = strcmp(a->dim[d], b->dim[d]);
     if (c)
       return c;
@@ -1839,7 +1844,7 @@ static int streamed_next(sql_cursor_t *cur, tg_usage_total_t *row, tg_problem_t 
     for (size_t i = 0; i < cur->cap; i++)
       if (cur->tab[i].used)
         cur->order[cur->norder++] = &cur->tab[i];
-    qsort(cur->order, cur->norder, sizeof(*cur->order), agg_cmp);
+    qsort_r(cur->order, cur->norder, sizeof(*cur->order), agg_cmp, &cur->group_by);
   }
   agg_t *a = cur->order[cur->iorder++];
   *row = a->t;
