@@ -1,0 +1,385 @@
+#!/usr/bin/env bash
+# The policy layer: tollgate-gateway vs nginx configured as an API gateway.
+#
+#   bench/gateway_keys.sh [WORKERS] [ROUNDS]   (defaults 1 and 3; DUR=10s, CONNS=64)
+#
+# An nginx upstream returns a ~50-byte body. In front of it, in turn:
+#   nginx-gw     nginx as an API gateway the way NGINX's "Deploying NGINX as
+#                an API Gateway" documents it: the API keys in a `map` (10,000
+#                keys -> client names), 401 for an unknown key, `limit_req`
+#                keyed per client (rate high enough to admit the bench), an
+#                access log to a file (buffer=64k), keep-alive upstream pool.
+#                NGX_AUTH=subrequest checks the key in the blog's
+#                `auth_request /_validate_apikey` location instead of `if`.
+#   tg-10k       tollgate-gateway, 10,000 keys, a plan with a per-second rate
+#                limit and a daily quota, metering on (the default), access
+#                log to a file.
+#   tg-1m        the same with 1,000,000 keys in the store.
+#   tg-10k-nomet tg-10k with --metering false.
+#   (upstream)   wrk straight to the upstream: the client's ceiling.
+# Every process gets WORKERS workers. wrk sends 1,000 of the keys, picked at
+# random per request (a Lua script, the same for all), each key with its own
+# developer, app and subscription, so every limiter is per subscription.
+# The configurations run in alternation (rotated each round), ROUNDS
+# times; the table shows the medians of req/s, p50 and p99, the server's
+# CPU time per request (every thread of tollgate, nginx's workers) and the
+# ratios. Each run also measures the machine's "other load" (CPU used by
+# processes that are not this bench's): a run above NOISE cores (0.2) is
+# repeated after 15 s, up to TRIES (3) times, and medians leave out runs
+# that stayed noisy. With WORKERS=1 the servers share CPU 0 and wrk has
+# CPU 1; with 2 workers on a 2-core box everything shares both cores.
+#
+# Also measured: seeding time, gateway start-up with 1,000,000 keys (process
+# start to /health 200, and the gateway's own "keys loaded ms="), RSS
+# (VmRSS) with 10k and 1M keys at idle and after the runs, and revocation
+# latency (POST /keys/{id}/revoke on tollgate-server -> first 401 at the
+# gateway, default config_poll_interval 250ms), 5 keys, with 10k and 1M keys.
+# Loopback only; every wrk run is bounded by DUR; everything is removed at
+# the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKERS=${1:-1}
+ROUNDS=${2:-3}
+DUR=${DUR:-10s}
+CONNS=${CONNS:-64}
+NGX_AUTH=${NGX_AUTH:-if}
+BIG=${BIG:-1000000}
+for p in nginx wrk; do
+  command -v $p >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    $([ $p = nginx ] && echo nginx-light || echo wrk) >/dev/null
+done
+for b in gateway/tollgate-gateway admin-api/tollgate-server cli/tollgate; do
+  [ -x build/$b ] || { echo "build/$b missing: run scripts/build.sh" >&2; exit 1; }
+done
+HELPER=$PWD/bench/gateway_keys.py
+
+work=$(mktemp -d /tmp/tollgate-keybench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# copies: a rebuild during the run must not mix schema versions
+cp build/gateway/tollgate-gateway build/cli/tollgate build/admin-api/tollgate-server "$work/"
+GWBIN=$work/tollgate-gateway CLI=$work/tollgate SRVBIN=$work/tollgate-server
+cd "$work"
+: > empty.conf
+
+UP=18511 NGX=18512 ADM=18519
+declare -A PORT=([tg-10k]=18513 [tg-1m]=18515 [tg-10k-nomet]=18517)
+declare -A SPORT=([tg-10k]=18514 [tg-1m]=18516 [tg-10k-nomet]=18518)
+# With 1 worker and 2+ cores, the servers share CPU 0 and wrk gets CPU 1.
+PIN_SRV=() PIN_WRK=()
+if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  PIN_SRV=(taskset -c 0) PIN_WRK=(taskset -c 1)
+fi
+ms_now() { echo $(($(date +%s%N) / 1000000)); }
+rss() { awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$1/status"; }
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $2" "$1"; }
+expect() { # url key status
+  local got
+  got=$(code "$1" "$2")
+  [ "$got" = "$3" ] || { echo "$1 with key ${2:0:16}...: got $got, expected $3" >&2; exit 1; }
+}
+
+# ---- upstream --------------------------------------------------------------
+cat > upstream.conf <<EOF
+worker_processes 1;
+daemon off;
+pid $work/up.pid;
+error_log $work/up.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$UP reuseport backlog=4096;
+    keepalive_requests 1000000;
+    location / { default_type application/json; return 200 '{"ok":true,"service":"bench-upstream","n":42}'; }
+  }
+}
+EOF
+"${PIN_SRV[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+UPPID=$!
+
+# ---- stores: 10k keys, and BIG keys whose first 10k are the same keys -------
+mkdir -p k10 kbig
+"$CLI" --config empty.conf --db-path k10.db --secret-file secret migrate 2>/dev/null
+"$CLI" --config empty.conf --db-path kbig.db --secret-file secret migrate 2>/dev/null
+python3 "$HELPER" seed --db k10.db --secret-file secret --keys 10000 \
+  --upstream "http://127.0.0.1:$UP" --outdir k10 --map 10000 --revoke 5 2>&1 | sed 's/^/10k store: /'
+t0=$(ms_now)
+python3 "$HELPER" seed --db kbig.db --secret-file secret --keys "$BIG" \
+  --upstream "http://127.0.0.1:$UP" --outdir kbig --revoke 5 2>&1 | sed "s/^/$BIG-key store: /"
+echo "$BIG-key store: seeding took $(( $(ms_now) - t0 )) ms (wall), $(du -m kbig.db | cut -f1) MB"
+cmp -s k10/wrk_keys.txt kbig/wrk_keys.txt || { echo "the stores' first keys differ" >&2; exit 1; }
+cp k10.db knomet.db # its own store: the metering gateway's writes stay apart
+declare -A DB=([tg-10k]=k10.db [tg-1m]=kbig.db [tg-10k-nomet]=knomet.db)
+KEY=$(head -1 k10/wrk_keys.txt)
+BADKEY=tg_live_QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ000000
+
+# wrk: every request carries one of the 1,000 keys, picked at random.
+{
+  echo 'local keys = {'
+  sed 's/.*/"&",/' k10/wrk_keys.txt
+  echo '}'
+  cat <<'EOF'
+local reqs = {}
+init = function(args)
+  math.randomseed(12345)
+  for i, k in ipairs(keys) do
+    reqs[i] = wrk.format("GET", "/bench/x", { ["X-API-Key"] = k })
+  end
+end
+request = function()
+  return reqs[math.random(#reqs)]
+end
+EOF
+} > keys.lua
+
+# ---- nginx as an API gateway ----------------------------------------------
+if [ "$NGX_AUTH" = subrequest ]; then
+  auth='auth_request /_validate_apikey;'
+  validate='location = /_validate_apikey {
+      internal;
+      if ($http_x_api_key = "") { return 401; }
+      if ($api_client_name = "") { return 403; }
+      return 204;
+    }'
+else
+  auth='if ($api_client_name = "") { return 401; }'
+  validate=''
+fi
+cat > gw_nginx.conf <<EOF
+worker_processes $WORKERS;
+daemon off;
+pid $work/ngx.pid;
+error_log $work/ngx.err;
+events { worker_connections 8192; }
+http {
+  log_format api_main '\$remote_addr - \$remote_user [\$time_local] "\$request" '
+                      '\$status \$body_bytes_sent "\$http_referer" "\$http_user_agent" '
+                      '"\$http_x_forwarded_for" "\$api_name" "\$api_client_name"';
+  # 10,000 keys of 57 chars: the map's hash needs room (nginx says so at start)
+  map_hash_bucket_size 256;
+  map_hash_max_size 65536;
+  map \$http_x_api_key \$api_client_name {
+    default "";
+    include $work/k10/nginx_map.conf;
+  }
+  limit_req_zone \$api_client_name zone=clients:10m rate=100000r/s;
+  limit_req_status 429;
+  upstream backend { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$NGX reuseport backlog=4096;
+    keepalive_requests 1000000;
+    access_log $work/ngx_access.log api_main buffer=64k;
+    set \$api_name "bench";
+    location /bench/ {
+      $auth
+      limit_req zone=clients burst=1000 nodelay;
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-API-Key "";
+      proxy_set_header X-Client-Name \$api_client_name;
+    }
+    $validate
+  }
+}
+EOF
+"${PIN_SRV[@]}" nginx -c "$work/gw_nginx.conf" -p "$work" & pids+=($!)
+NGXPID=$!
+
+# ---- the tollgate gateways ------------------------------------------------
+declare -A GWPID
+# CPU time (user + system, clock ticks) of the processes serving a config:
+# nginx's workers, or the whole tollgate process (every thread: workers,
+# metering, config). CPU per request holds up better than req/s when
+# something else shares the machine.
+cpu_pids() {
+  case $1 in
+    nginx-gw) pgrep -P "$NGXPID" ;;
+    upstream) pgrep -P "$UPPID" ;;
+    *) echo "${GWPID[$1]}" ;;
+  esac
+}
+cpu_ticks() {
+  local s=0 p
+  for p in $(cpu_pids "$1"); do s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo $s
+}
+HZ=$(getconf CLK_TCK)
+# Other load: CPU the machine spent during a run beyond this bench's own
+# processes (every server here, and wrk: the shell's reaped children), in
+# cores. A run with more than NOISE cores of it is run again after a pause,
+# up to TRIES times; the last try is kept, marked "noisy", and medians
+# leave noisy runs out unless every run of that configuration was noisy.
+NOISE=${NOISE:-0.2}
+TRIES=${TRIES:-3}
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+own_ticks() {
+  local s=0 p
+  for p in "$UPPID" $(pgrep -P "$UPPID") "$NGXPID" $(pgrep -P "$NGXPID") "${GWPID[@]}"; do
+    [ -r "/proc/$p/stat" ] && s=$((s + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo $((s + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$$/stat")))
+}
+start_gw() { # name [extra flags...]; prints start-up time and keys-loaded ms
+  local name=$1
+  shift
+  : > "$name.log"
+  local t0 b0 o0
+  t0=$(ms_now) b0=$(busy_ticks) o0=$(own_ticks)
+  "${PIN_SRV[@]}" "$GWBIN" --config empty.conf --db-path "${DB[$name]}" --secret-file secret \
+    --gateway-listen "127.0.0.1:${PORT[$name]}" --status-listen "127.0.0.1:${SPORT[$name]}" \
+    --gateway-workers "$WORKERS" --access-log "$work/$name.access" --log-format text \
+    "$@" 2>"$name.log" &
+  GWPID[$name]=$!
+  pids+=($!)
+  for _ in $(seq 3000); do
+    curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:${SPORT[$name]}/health" && break
+    kill -0 "${GWPID[$name]}" 2>/dev/null || { cat "$name.log" >&2; exit 1; }
+    sleep 0.01
+  done
+  local up=$(($(ms_now) - t0))
+  local other
+  other=$(echo "$(($(busy_ticks) - b0 - $(own_ticks) + o0)) $HZ $up" | awk '{o = $1 / $2 / ($3 / 1000); printf "%.2f", o < 0 ? 0 : o}')
+  printf '%-13s start-up %5d ms to /health 200 (%s, %s keys); idle RSS %s; other load %s\n' "$name" "$up" \
+    "$(grep -o 'keys loaded.*' "$name.log" | grep -o 'ms=[0-9]*' | sed 's/ms=/keys loaded in /;s/$/ ms/')" \
+    "$(grep -o 'keys loaded keys=[0-9]*' "$name.log" | cut -d= -f2)" "$(rss "${GWPID[$name]}")" "$other"
+}
+stop_gw() {
+  kill "${GWPID[$1]}"
+  wait "${GWPID[$1]}" 2>/dev/null || true
+}
+# start-up with the big store, three times (the OS page cache is warm: the
+# store was just written); the last one stays up
+for i in 1 2 3; do
+  start_gw tg-1m
+  [ $i = 3 ] || stop_gw tg-1m
+done
+start_gw tg-10k
+start_gw tg-10k-nomet --metering=false
+
+sleep 0.5
+declare -A URL=([nginx-gw]="http://127.0.0.1:$NGX/bench/x" [upstream]="http://127.0.0.1:$UP/bench/x")
+for n in tg-10k tg-1m tg-10k-nomet; do URL[$n]="http://127.0.0.1:${PORT[$n]}/bench/x"; done
+for n in nginx-gw tg-10k tg-1m tg-10k-nomet; do
+  expect "${URL[$n]}" "$KEY" 200
+  expect "${URL[$n]}" "$(sed -n 1000p k10/wrk_keys.txt)" 200
+  bad=401
+  [ $n = nginx-gw ] && [ "$NGX_AUTH" = subrequest ] && bad=403 # the blog's choice
+  expect "${URL[$n]}" "$BADKEY" $bad
+  expect "${URL[$n]}" "" 401
+done
+expect "${URL[tg-1m]}" "$(cut -f2 kbig/revoke.tsv | tail -1)" 200
+echo "checked: each gateway admits seeded keys (200) and refuses unknown and missing keys"
+
+# ---- throughput --------------------------------------------------------------
+to_us() { # "1.23ms" -> 1230
+  echo "$1" | awk '{v = $1 + 0; if ($1 ~ /us$/) m = 1; else if ($1 ~ /ms$/) m = 1000;
+                    else if ($1 ~ /s$/) m = 1000000; printf "%.0f", v * m}'
+}
+run() { # name
+  local name=$1 out rps p50 p99 bad lines c0 c1 cpu b0 b1 o0 o1 t0 t1 other try note
+  for try in $(seq "$TRIES"); do
+    : > "$work/ngx_access.log"
+    for n in tg-10k tg-1m tg-10k-nomet; do : > "$work/$n.access"; done
+    c0=$(cpu_ticks "$name") b0=$(busy_ticks) o0=$(own_ticks) t0=$(ms_now)
+    out=$("${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" --latency -s keys.lua "${URL[$name]}")
+    c1=$(cpu_ticks "$name") b1=$(busy_ticks) o1=$(own_ticks) t1=$(ms_now)
+    other=$(echo "$((b1 - b0 - o1 + o0)) $HZ $((t1 - t0))" | awk '{o = $1 / $2 / ($3 / 1000); printf "%.2f", o < 0 ? 0 : o}')
+    note=""
+    awk -v o="$other" -v n="$NOISE" 'BEGIN {exit !(o <= n)}' && break
+    note="noisy"
+    [ "$try" = "$TRIES" ] || { echo "$name: other load $other cores, again in 15 s"; sleep 15; }
+  done
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  cpu=$(echo "$out" | awk -v t=$((c1 - c0)) -v hz="$HZ" '/requests in/ {printf "%.1f", t * 1e6 / hz / $1}')
+  p50=$(to_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  bad=$(echo "$out" | awk '/Non-2xx/ {n += $NF} /Socket errors/ {e = $0} END {printf "%s %s", n ? "non-2xx " n : "", e}')
+  sleep 0.3 # let the logs' last buffers reach the files
+  case $name in
+    nginx-gw) lines=$(wc -l < ngx_access.log) ;;
+    upstream) lines=- ;;
+    *) lines=$(wc -l < "$name.access") ;;
+  esac
+  printf '%-13s %10s req/s  p50 %6.2f ms  p99 %6.2f ms  CPU %5s us/req  other %s  log lines %-9s %s\n' \
+    "$name" "$rps" "$(echo "$p50" | awk '{print $1 / 1000}')" "$(echo "$p99" | awk '{print $1 / 1000}')" \
+    "$cpu" "$other" "$lines" "$note $bad"
+  echo "$rps $p50 $p99 $cpu ${note:+1}" >> "$work/res-$name"
+}
+CONFIGS=(nginx-gw tg-10k tg-1m tg-10k-nomet upstream)
+for r in $(seq "$ROUNDS"); do
+  echo "-- round $r"
+  for i in $(seq 0 $((${#CONFIGS[@]} - 1))); do
+    run "${CONFIGS[$(((i + r - 1) % ${#CONFIGS[@]}))]}"
+  done
+done
+for n in tg-10k tg-1m; do echo "$n RSS after the runs: $(rss "${GWPID[$n]}")"; done
+
+median() { # file column: over the quiet runs, or over all if none was quiet
+  local rows
+  rows=$(awk '$5 != 1' "$1")
+  [ -n "$rows" ] || rows=$(cat "$1")
+  echo "$rows" | awk -v c="$2" '{print $c}' | sort -n |
+    awk '{a[NR] = $1} END {print NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+declare -A RPS P50 P99 CPU NOISY
+for n in "${CONFIGS[@]}"; do
+  RPS[$n]=$(median "res-$n" 1)
+  P50[$n]=$(median "res-$n" 2)
+  P99[$n]=$(median "res-$n" 3)
+  CPU[$n]=$(median "res-$n" 4)
+  NOISY[$n]=$(awk '$5 == 1 {n++} END {print n + 0}' "res-$n")
+done
+ratio() { echo "$1 $2" | awk '{printf "%.2f", $1 / $2}'; }
+echo
+echo "== $WORKERS worker(s), $ROUNDS rounds of $DUR, $CONNS connections, medians (nginx auth: $NGX_AUTH)"
+printf '%-28s %10s %9s %9s %11s %6s  %s\n' configuration req/s "p50 ms" "p99 ms" "CPU us/req" noisy "req/s vs nginx-gw"
+label() {
+  case $1 in
+    nginx-gw) echo "nginx-gw (10k keys)" ;;
+    tg-10k) echo "tollgate 10k keys" ;;
+    tg-1m) echo "tollgate $BIG keys" ;;
+    tg-10k-nomet) echo "tollgate 10k, metering off" ;;
+    upstream) echo "(upstream direct)" ;;
+  esac
+}
+for n in "${CONFIGS[@]}"; do
+  printf '%-28s %10s %9.2f %9.2f %11s %6s  %s\n' "$(label "$n")" "${RPS[$n]}" \
+    "$(echo "${P50[$n]}" | awk '{print $1 / 1000}')" "$(echo "${P99[$n]}" | awk '{print $1 / 1000}')" \
+    "${CPU[$n]}" "${NOISY[$n]}/$ROUNDS" "$(ratio "${RPS[$n]}" "${RPS[nginx-gw]}")x"
+done
+echo "tollgate 10k / nginx-gw:      throughput $(ratio "${RPS[tg-10k]}" "${RPS[nginx-gw]}")x (target >= 1.0, aim 1.2)," \
+  "p99 $(ratio "${P99[tg-10k]}" "${P99[nginx-gw]}")x (target <= 1.0)," \
+  "CPU/req $(ratio "${CPU[tg-10k]}" "${CPU[nginx-gw]}")x"
+echo "tollgate 1M / 10k keys:       throughput $(ratio "${RPS[tg-1m]}" "${RPS[tg-10k]}")x (target >= 0.95)"
+echo "tollgate metering on / off:   throughput $(ratio "${RPS[tg-10k]}" "${RPS[tg-10k-nomet]}")x (target >= 0.95)"
+
+# ---- revocation ------------------------------------------------------------
+revocation() { # gateway-name store key-dir
+  local name=$1 db=$2 dir=$3 token spid
+  token=$("$CLI" --config empty.conf --db-path "$db" --secret-file secret \
+    admin-token create --name "bench-$name" --scopes admin 2>/dev/null)
+  "$SRVBIN" --config empty.conf --db-path "$db" --secret-file secret \
+    --admin-listen "127.0.0.1:$ADM" --log-format text 2>"adm-$name.log" &
+  spid=$!
+  pids+=($!)
+  for _ in $(seq 500); do
+    curl -fs -o /dev/null --max-time 1 -H "Authorization: Bearer $token" "http://127.0.0.1:$ADM/apis" && break
+    sleep 0.01
+  done
+  echo "revocation with $name (config_poll_interval 250ms, the default):"
+  python3 "$HELPER" revoke --admin "http://127.0.0.1:$ADM" --token "$token" \
+    --gateway "127.0.0.1:${PORT[$name]}" --tsv "$dir/revoke.tsv" | sed 's/^/  /'
+  kill "$spid"
+  wait "$spid" 2>/dev/null || true
+}
+echo
+revocation tg-10k k10.db k10
+revocation tg-1m kbig.db kbig
+echo "command: DUR=$DUR CONNS=$CONNS NGX_AUTH=$NGX_AUTH bench/gateway_keys.sh $WORKERS $ROUNDS"
