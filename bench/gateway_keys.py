@@ -3,6 +3,7 @@
 
   gateway_keys.py seed --db DB --secret-file S --keys N --upstream URL ...
   gateway_keys.py revoke --admin URL --token T --gateway URL --tsv FILE
+  gateway_keys.py ports N
 
 seed: fill a migrated Tollgate store with N API keys. Issuing a million
 keys through the admin API would take hours, so the rows are written with
@@ -37,6 +38,8 @@ Writes into OUTDIR (only when asked):
   nginx_map.conf the first MAP keys as an nginx map body "<key>" client_<i>;
   revoke.tsv     REVOKE key id<TAB>text pairs among the shared-app keys
 
+ports: print N distinct loopback TCP ports that are free right now.
+
 revoke: for each key in the TSV, check that the gateway admits it, POST
 /keys/{id}/revoke to the admin API, then call the gateway with the key
 every millisecond until it answers 401 (samples start at random moments,
@@ -48,6 +51,7 @@ import hashlib
 import http.client
 import os
 import random
+import socket
 import sqlite3
 import sys
 import time
@@ -237,8 +241,19 @@ def revoke(argv):
     print(f"revocation worst: {worst * 1000:.0f} ms")
 
 
+def ports(argv):
+    socks = []
+    for _ in range(int(argv[0])):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    print(" ".join(str(s.getsockname()[1]) for s in socks))
+    for s in socks:
+        s.close()
+
+
 if __name__ == "__main__":
-    cmds = {"seed": seed, "revoke": revoke}
+    cmds = {"seed": seed, "revoke": revoke, "ports": ports}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         sys.exit(__doc__)
     cmds[sys.argv[1]](sys.argv[2:])

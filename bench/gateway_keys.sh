@@ -53,7 +53,7 @@ for b in gateway/tollgate-gateway admin-api/tollgate-server cli/tollgate; do
 done
 HELPER=$PWD/bench/gateway_keys.py
 
-work=$(mktemp -d /tmp/tollgate-keybench.XXXXXX)
+work=$(mktemp -d /tmp/keybench.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -61,15 +61,19 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-# copies: a rebuild during the run must not mix schema versions
-cp build/gateway/tollgate-gateway build/cli/tollgate build/admin-api/tollgate-server "$work/"
-GWBIN=$work/tollgate-gateway CLI=$work/tollgate SRVBIN=$work/tollgate-server
+# copies: a rebuild during the run must not mix schema versions; named so
+# that a test run's cleanup of tollgate-gateway processes leaves them alone
+cp build/gateway/tollgate-gateway "$work/gw-under-bench"
+cp build/admin-api/tollgate-server "$work/srv-under-bench"
+cp build/cli/tollgate "$work/cli-under-bench"
+GWBIN=$work/gw-under-bench CLI=$work/cli-under-bench SRVBIN=$work/srv-under-bench
 cd "$work"
 : > empty.conf
 
-UP=18511 NGX=18512 ADM=18519
-declare -A PORT=([tg-10k]=18513 [tg-1m]=18515 [tg-10k-nomet]=18517)
-declare -A SPORT=([tg-10k]=18514 [tg-1m]=18516 [tg-10k-nomet]=18518)
+# free ports, picked now: a second copy of this bench may be running
+read -r UP NGX ADM P1 P2 P3 S1 S2 S3 < <(python3 "$HELPER" ports 9)
+declare -A PORT=([tg-10k]=$P1 [tg-1m]=$P2 [tg-10k-nomet]=$P3)
+declare -A SPORT=([tg-10k]=$S1 [tg-1m]=$S2 [tg-10k-nomet]=$S3)
 # With 1 worker and 2+ cores, the servers share CPU 0 and wrk gets CPU 1.
 PIN_SRV=() PIN_WRK=()
 if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
@@ -282,13 +286,22 @@ to_us() { # "1.23ms" -> 1230
   echo "$1" | awk '{v = $1 + 0; if ($1 ~ /us$/) m = 1; else if ($1 ~ /ms$/) m = 1000;
                     else if ($1 ~ /s$/) m = 1000000; printf "%.0f", v * m}'
 }
+alive() { # every server still up? (a dead one would skew every number after it)
+  local n
+  for n in "${!GWPID[@]}"; do
+    kill -0 "${GWPID[$n]}" 2>/dev/null || { echo "$n exited:" >&2; tail -5 "$n.log" >&2; exit 1; }
+  done
+  kill -0 "$NGXPID" && kill -0 "$UPPID" || { echo "nginx exited" >&2; tail -5 ngx.err up.err >&2; exit 1; }
+}
 run() { # name
+  alive
   local name=$1 out rps p50 p99 bad lines c0 c1 cpu b0 b1 o0 o1 t0 t1 other try note
   for try in $(seq "$TRIES"); do
     : > "$work/ngx_access.log"
     for n in tg-10k tg-1m tg-10k-nomet; do : > "$work/$n.access"; done
     c0=$(cpu_ticks "$name") b0=$(busy_ticks) o0=$(own_ticks) t0=$(ms_now)
     out=$("${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" --latency -s keys.lua "${URL[$name]}")
+    alive
     c1=$(cpu_ticks "$name") b1=$(busy_ticks) o1=$(own_ticks) t1=$(ms_now)
     other=$(echo "$((b1 - b0 - o1 + o0)) $HZ $((t1 - t0))" | awk '{o = $1 / $2 / ($3 / 1000); printf "%.2f", o < 0 ? 0 : o}')
     note=""
@@ -369,8 +382,9 @@ revocation() { # gateway-name store key-dir
     --admin-listen "127.0.0.1:$ADM" --log-format text 2>"adm-$name.log" &
   spid=$!
   pids+=($!)
-  for _ in $(seq 500); do
+  for i in $(seq 500); do
     curl -fs -o /dev/null --max-time 1 -H "Authorization: Bearer $token" "http://127.0.0.1:$ADM/apis" && break
+    kill -0 "$spid" 2>/dev/null && [ "$i" != 500 ] || { cat "adm-$name.log" >&2; exit 1; }
     sleep 0.01
   done
   echo "revocation with $name (config_poll_interval 250ms, the default):"
