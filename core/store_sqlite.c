@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,13 @@ typedef struct sql_store {
   int ncache;
   unsigned evict;
 } sql_store_t;
+
+/* Process-wide SQLite settings, before the first connection: no memory
+ * statistics (they take a global mutex on every allocation, which the
+ * report and gateway paths make millions of). */
+static void sqlite_setup(void) {
+  sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
 
 static int stmt_prepare(sql_store_t *st, const char *sql, sqlite3_stmt **out) {
   for (int i = 0; i < st->ncache; i++)
@@ -304,6 +312,8 @@ int tg_store_sqlite_open(const tg_store_options_t *opt, tg_store_t **out, int *f
   sql_store_t *st = NULL;
   int flags = SQLITE_OPEN_NOMUTEX;
   *out = NULL;
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, sqlite_setup);
   if (opt->mode == TG_STORE_OPEN_READONLY) {
     flags |= SQLITE_OPEN_READONLY;
   } else {
@@ -1775,9 +1785,12 @@ static int agg_cmp(const void *x, const void *y, void *ctx) {
   for (int d = 0; d < 6; d++) {
     if (!(group_by & (unsigned)dim_bits[d]))
       continue;
-    int c = strcmp(a->dim[d], b->dim[d]);
+    size_t n = a->dlen[d] < b->dlen[d] ? a->dlen[d] : b->dlen[d];
+    int c = memcmp(a->dim[d], b->dim[d], n);
     if (c)
       return c;
+    if (a->dlen[d] != b->dlen[d])
+      return a->dlen[d] < b->dlen[d] ? -1 : 1;
   }
   return a->status_class - b->status_class;
 }
