@@ -1268,6 +1268,37 @@ static int usage_add_late(sql_store_t *st, sqlite3_stmt *stmt, const tg_usage_ro
   return sqlite3_step(stmt);
 }
 
+/* Run a statement with two integer parameters to completion. */
+static int exec_ints(sql_store_t *st, const char *sql, int64_t a, int64_t b, const char *what,
+                     tg_problem_t *p) {
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st, sql, &stmt) != SQLITE_OK)
+    return sql_error(st, what, p);
+  sqlite3_bind_int64(stmt, 1, a);
+  sqlite3_bind_int64(stmt, 2, b);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, what, p);
+  stmt_release(st, stmt);
+  return result;
+}
+
+/* The first period held at granularity g, or `fallback` when there is none. */
+static int first_period(sql_store_t *st, int64_t g, int64_t fallback, int64_t *out,
+                        tg_problem_t *p) {
+  sqlite3_stmt *stmt = NULL;
+  if (stmt_prepare(st, "SELECT min(period_start) FROM usage_rollups WHERE granularity = ?",
+                   &stmt) != SQLITE_OK)
+    return sql_error(st, "usage", p);
+  sqlite3_bind_int64(stmt, 1, g);
+  int rc = sqlite3_step(stmt);
+  *out = rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL
+             ? sqlite3_column_int64(stmt, 0)
+             : fallback;
+  stmt_release(st, stmt);
+  return rc == SQLITE_ROW ? TG_OK : sql_error(st, "usage", p);
+}
+
 /* Recompute the rows of granularity g for the period at `start` from the
  * rows of granularity `below` (delete, then insert the sums): idempotent. */
 static int compact_period(sql_store_t *st, int64_t g, int64_t below, int64_t start,
@@ -1285,14 +1316,7 @@ static int compact_period(sql_store_t *st, int64_t g, int64_t below, int64_t sta
       "FROM usage_rollups WHERE granularity = ?3 AND period_start >= ?2 "
       "AND period_start < ?2 + ?1 GROUP BY key_id, api_id, plan_id, status_class, reason";
   sqlite3_stmt *stmt = NULL;
-  int result = TG_OK;
-  if (stmt_prepare(st, del_sql, &stmt) != SQLITE_OK)
-    return sql_error(st, "usage compaction", p);
-  sqlite3_bind_int64(stmt, 1, g);
-  sqlite3_bind_int64(stmt, 2, start);
-  if (sqlite3_step(stmt) != SQLITE_DONE)
-    result = sql_error(st, "usage compaction", p);
-  stmt_release(st, stmt);
+  int result = exec_ints(st, del_sql, g, start, "usage compaction", p);
   if (result)
     return result;
   if (stmt_prepare(st, ins_sql, &stmt) != SQLITE_OK)
@@ -1310,18 +1334,10 @@ static int compact_period(sql_store_t *st, int64_t g, int64_t below, int64_t sta
  * where the rows below start, or (none yet) the current period. */
 static int wm_init(sql_store_t *st, int64_t below, int64_t g, int64_t fallback, int64_t *out,
                    tg_problem_t *p) {
-  sqlite3_stmt *stmt = NULL;
-  if (stmt_prepare(st, "SELECT min(period_start) FROM usage_rollups WHERE granularity = ?",
-                   &stmt) != SQLITE_OK)
-    return sql_error(st, "usage compaction", p);
-  sqlite3_bind_int64(stmt, 1, below);
-  int rc = sqlite3_step(stmt);
-  int64_t first = rc == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL
-                      ? sqlite3_column_int64(stmt, 0)
-                      : fallback;
-  stmt_release(st, stmt);
-  if (rc != SQLITE_ROW)
-    return sql_error(st, "usage compaction", p);
+  int64_t first;
+  int result = first_period(st, below, fallback, &first, p);
+  if (result)
+    return result;
   *out = floor_to(first < fallback ? first : fallback, g);
   return TG_OK;
 }
@@ -1335,33 +1351,19 @@ static int retain(sql_store_t *st, int64_t g, const char *key, int64_t cut, int6
   if (result)
     return result;
   if (done < 0) {
-    sqlite3_stmt *stmt = NULL;
-    if (stmt_prepare(st, "SELECT min(period_start) FROM usage_rollups WHERE granularity = ?",
-                     &stmt) != SQLITE_OK)
-      return sql_error(st, "usage retention", p);
-    sqlite3_bind_int64(stmt, 1, g);
-    done = sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_type(stmt, 0) != SQLITE_NULL
-               ? sqlite3_column_int64(stmt, 0)
-               : cut;
-    stmt_release(st, stmt);
+    if ((result = first_period(st, g, cut, &done, p)))
+      return result;
     if (done > cut)
       done = cut;
   }
   if (done >= cut)
     return wm_set(st, key, done, p);
   int64_t upto = done + 86400 < cut ? done + 86400 : cut;
-  sqlite3_stmt *stmt = NULL;
-  if (stmt_prepare(st, "DELETE FROM usage_rollups WHERE granularity = ? AND period_start < ?",
-                   &stmt) != SQLITE_OK)
-    return sql_error(st, "usage retention", p);
-  sqlite3_bind_int64(stmt, 1, g);
-  sqlite3_bind_int64(stmt, 2, upto);
-  if (sqlite3_step(stmt) != SQLITE_DONE)
-    result = sql_error(st, "usage retention", p);
-  *deleted += sqlite3_changes(st->db);
-  stmt_release(st, stmt);
-  if (result)
+  if ((result =
+           exec_ints(st, "DELETE FROM usage_rollups WHERE granularity = ? AND period_start < ?", g,
+                     upto, "usage retention", p)))
     return result;
+  *deleted += sqlite3_changes(st->db);
   if (upto < cut)
     *more = true;
   return wm_set(st, key, upto, p);
