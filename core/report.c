@@ -272,13 +272,9 @@ static double quantile(const int64_t *h, int64_t calls, double q) {
 static int64_t bucket_end(int64_t start, int64_t bucket) {
   if (bucket > 0)
     return start + bucket;
-  time_t t = (time_t)start;
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  tm.tm_mon += 1;
-  tm.tm_mday = 1;
-  tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-  return (int64_t)timegm(&tm);
+  int64_t month, end;
+  tg_utc_month(start, &month, &end);
+  return end;
 }
 
 static const char *dim_value(const tg_usage_total_t *t, int i, char *num) {
@@ -499,9 +495,7 @@ int tg_billing_period(const char *period, int64_t *start, int64_t *end) {
   tm.tm_year = y - 1900;
   tm.tm_mon = m - 1;
   tm.tm_mday = 1;
-  *start = (int64_t)timegm(&tm);
-  tm.tm_mon += 1;
-  *end = (int64_t)timegm(&tm);
+  tg_utc_month((int64_t)timegm(&tm), start, end);
   return 0;
 }
 

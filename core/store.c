@@ -11,11 +11,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/migrate.h"
 #include "core/report.h"
 #include "core/store-int.h"
+#include "core/util.h"
 
 int tg_store_open(const tg_store_options_t *opt, tg_store_t **out, int *from, int *to,
                   tg_problem_t *p) {
@@ -368,12 +368,11 @@ int tg_usage_query_check(const tg_usage_query_t *q, tg_problem_t *p) {
                           : b == 3600 ? "hour"
                                       : "day");
   if (b == TG_USAGE_MONTH) {
-    time_t f = (time_t)q->from, t = (time_t)q->to;
-    struct tm a, z;
-    gmtime_r(&f, &a);
-    gmtime_r(&t, &z);
-    if (a.tm_mday != 1 || q->from % 86400 || z.tm_mday != 1 || q->to % 86400)
-      return tg_problem_set(p, TG_EINVAL, a.tm_mday != 1 || q->from % 86400 ? "from" : "to",
+    int64_t fs, ts, end;
+    tg_utc_month(q->from, &fs, &end);
+    tg_utc_month(q->to, &ts, &end);
+    if (fs != q->from || ts != q->to)
+      return tg_problem_set(p, TG_EINVAL, fs != q->from ? "from" : "to",
                             "must be at the start of a month (UTC)");
   }
   if (q->group_by & ~(unsigned)0x7f)

@@ -114,6 +114,17 @@ void tg_time_format(int64_t t, char out[21]) {
   strftime(out, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+void tg_utc_month(int64_t t, int64_t *start, int64_t *end) {
+  time_t tt = (time_t)t;
+  struct tm tm;
+  gmtime_r(&tt, &tm);
+  tm.tm_mday = 1;
+  tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+  *start = (int64_t)timegm(&tm);
+  tm.tm_mon += 1; /* timegm normalises December + 1 into January */
+  *end = (int64_t)timegm(&tm);
+}
+
 static int digits(const char *s, int n, int *out) {
   int v = 0;
   for (int i = 0; i < n; i++) {

@@ -51,6 +51,9 @@ void tg_time_format(int64_t t, char out[21]);
  */
 int tg_time_parse(const char *s, int64_t *out, bool *exact);
 
+/* The UTC calendar month holding unix time t: [*start, *end). */
+void tg_utc_month(int64_t t, int64_t *start, int64_t *end);
+
 struct sockaddr;
 struct sockaddr_storage;
 

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "core/store.h"
+#include "core/util.h"
 #include "gateway/policy.h"
 
 /* ---- config-thread maps: id -> record ------------------------------------ */
@@ -707,14 +708,6 @@ static void civil(int64_t wall_s, int *y, int *m) {
   *m = tm.tm_mon; /* 0..11 */
 }
 
-static int64_t month_start(int y, int m) {
-  struct tm tm = {0};
-  tm.tm_year = y - 1900;
-  tm.tm_mon = m;
-  tm.tm_mday = 1;
-  return (int64_t)timegm(&tm);
-}
-
 int64_t gw_quota_period(int which, int64_t wall_s) {
   if (which == 0)
     return wall_s / 86400;
@@ -726,17 +719,17 @@ int64_t gw_quota_period(int which, int64_t wall_s) {
 int64_t gw_quota_period_start(int which, int64_t wall_s) {
   if (which == 0)
     return wall_s - wall_s % 86400;
-  int y, m;
-  civil(wall_s, &y, &m);
-  return month_start(y, m);
+  int64_t start, end;
+  tg_utc_month(wall_s, &start, &end);
+  return start;
 }
 
 int64_t gw_quota_period_end(int which, int64_t wall_s) {
   if (which == 0)
     return wall_s - wall_s % 86400 + 86400;
-  int y, m;
-  civil(wall_s, &y, &m);
-  return m == 11 ? month_start(y + 1, 0) : month_start(y, m + 1);
+  int64_t start, end;
+  tg_utc_month(wall_s, &start, &end);
+  return end;
 }
 
 void gw_quota_seed(gw_sub_t *sub, int which, int64_t wall_s, int64_t calls) {
