@@ -266,6 +266,7 @@ static const char *collection_of(tg_entity_t ent) {
   switch (ent) {
   case TG_ENT_ADMIN_TOKEN: return "admin-tokens";
   case TG_ENT_AUDIT: return "audit";
+  case TG_ENT_MAIL: return "mail";
   default: return tg_model_entity(ent)->table;
   }
 }
@@ -1031,6 +1032,8 @@ static const route_t routes[] = {
     {"GET", "/admin-tokens/{id}", h_get, "admin", TG_ENT_ADMIN_TOKEN, NULL},
     {"DELETE", "/admin-tokens/{id}", h_delete, "admin", TG_ENT_ADMIN_TOKEN, NULL},
     {"GET", "/audit", h_list, "admin", TG_ENT_AUDIT, "audit"},
+    {"GET", "/mail", h_list, "admin", TG_ENT_MAIL, "mail"},
+    {"GET", "/mail/{id}", h_get, "admin", TG_ENT_MAIL, NULL},
     {"GET", "/config", h_config_export, "read", TG_ENT_API, NULL},
     {"POST", "/config", h_config_import, "write", TG_ENT_API, NULL},
     {"GET", "/usage", h_usage, "reports", TG_ENT_API, NULL},

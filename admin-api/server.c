@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "admin-api/adm.h"
+#include "portal/portal.h"
 #include "core/log.h"
 #include "core/tokens.h"
 #include "core/util.h"
@@ -171,8 +172,45 @@ static int fail(const tg_problem_t *p, int rc) {
   return EXIT_FAILURE;
 }
 
+/* The portal's settings that only make sense together; its TLS files. */
+static int portal_prepare(const tg_config_t *cfg, portal_server_t *ps,
+                          struct sockaddr_storage *addr, unsigned *addrlen, char **key_pem,
+                          char **cert_pem, tg_problem_t *p) {
+  const char *cert = tg_config_str(cfg, "portal_tls_cert"),
+             *key = tg_config_str(cfg, "portal_tls_key");
+  if ((*cert != '\0') != (*key != '\0'))
+    return tg_problem_set(p, TG_ECONFIG, *cert ? "portal_tls_key" : "portal_tls_cert",
+                          "portal_tls_cert and portal_tls_key go together");
+  if (tg_addr_resolve(tg_config_str(cfg, "portal_listen"), "portal_listen", addr, addrlen, p))
+    return TG_ECONFIG;
+  const char *urls[] = {"portal_public_url", "portal_gateway_url"};
+  for (int i = 0; i < 2; i++) {
+    const char *u = tg_config_str(cfg, urls[i]);
+    size_t n = strlen(u);
+    if (n && ((strncmp(u, "http://", 7) && strncmp(u, "https://", 8)) || n > 400 ||
+              u[n - 1] == '/' || strpbrk(u, " \"'<>?#")))
+      return tg_problem_set(p, TG_ECONFIG, urls[i],
+                            "must be an http:// or https:// URL without a trailing slash, query "
+                            "or fragment");
+  }
+  if (tg_signup_mode_parse(tg_config_str(cfg, "portal_signup"), &ps->signup))
+    return tg_problem_set(p, TG_ECONFIG, "portal_signup", "must be open, verify or approval");
+  if (tg_config_int(cfg, "portal_session_idle") > tg_config_int(cfg, "portal_session_absolute"))
+    return tg_problem_set(p, TG_ECONFIG, "portal_session_idle",
+                          "must not be longer than portal_session_absolute");
+  if (*cert && (!(*cert_pem = read_pem(cert, "portal_tls_cert", p)) ||
+                !(*key_pem = read_pem(key, "portal_tls_key", p))))
+    return TG_ECONFIG;
+  return TG_OK;
+}
+
 int main(int argc, char **argv) {
   static adm_server_t srv;
+  static portal_server_t portal;
+  char *portal_key = NULL, *portal_cert = NULL;
+  struct sockaddr_storage portal_addr;
+  unsigned portal_addrlen = 0;
+  bool portal_on = false;
   tg_config_t *cfg = NULL;
   tg_problem_t p = {0};
   tg_cli_t cli = {0};
@@ -199,12 +237,14 @@ int main(int argc, char **argv) {
     rc = fail(&p, TG_ECONFIG) + 1;
     goto out;
   }
-  if ((rc = tg_config_meta("tollgate-server", TOLLGATE_VERSION, tg_store_schema_latest(),
-                           "usage: tollgate-server [--config FILE] [--KEY VALUE ...]\n"
-                           "       tollgate-server --help | --version | --check-config | "
-                           "--print-routes\n\n"
-                           "Runs the admin REST API (default http://127.0.0.1:8001).\n",
-                           &cli, argc, argv, false)) >= 0)
+  if ((rc = tg_config_meta(
+           "tollgate-server", TOLLGATE_VERSION, tg_store_schema_latest(),
+           "usage: tollgate-server [--config FILE] [--KEY VALUE ...]\n"
+           "       tollgate-server --help | --version | --check-config | "
+           "--print-routes\n\n"
+           "Runs the admin REST API (default http://127.0.0.1:8001) and the developer\n"
+           "portal (default port 8002).\n",
+           &cli, argc, argv, false)) >= 0)
     goto out;
   rc = EXIT_FAILURE;
   if (print_routes) {
@@ -231,6 +271,12 @@ int main(int argc, char **argv) {
                    "%s is not a loopback address: configure admin_tls_cert/admin_tls_key, or set "
                    "admin_allow_remote=true to expose admin tokens over plain HTTP",
                    tg_config_str(cfg, "admin_listen"));
+    rc = fail(&p, TG_ECONFIG);
+    goto out;
+  }
+  portal_on = tg_config_bool(cfg, "portal_enabled");
+  if (portal_on &&
+      portal_prepare(cfg, &portal, &portal_addr, &portal_addrlen, &portal_key, &portal_cert, &p)) {
     rc = fail(&p, TG_ECONFIG);
     goto out;
   }
@@ -300,6 +346,50 @@ int main(int argc, char **argv) {
   snprintf(url, sizeof(url), "%s://%s", srv.tls ? "https" : "http", where);
   snprintf(ports, sizeof(ports), "%d", port);
   tg_log(TG_LOG_INFO, "admin API listening", "url", url, "port", ports, NULL);
+  if (portal_on) {
+    int pport = 0;
+    portal.cfg = cfg;
+    portal.secret = &srv.secret;
+    portal.store_opt = srv.store_opt;
+    portal.max_body = (size_t)tg_config_int(cfg, "portal_max_body");
+    portal.secure_cookies = tg_config_bool(cfg, "portal_secure_cookies");
+    portal.session.idle = tg_config_int(cfg, "portal_session_idle") / 1000;
+    portal.session.absolute = tg_config_int(cfg, "portal_session_absolute") / 1000;
+    snprintf(portal.gateway_url, sizeof(portal.gateway_url), "%s",
+             tg_config_str(cfg, "portal_gateway_url"));
+    pthread_mutex_init(&portal.stores_lock, NULL);
+    pthread_mutex_init(&portal.write_lock, NULL);
+    atomic_init(&portal.inflight, 0);
+    unsigned pthreads = (unsigned)tg_config_int(cfg, "portal_threads");
+    if (pthreads == 0)
+      pthreads = ncpu > 0 ? (unsigned)ncpu : 2;
+    if ((err = portal_start(&portal, (struct sockaddr *)&portal_addr, portal_key, portal_cert,
+                            pthreads, &pport, &p))) {
+      adm_stop(&srv, 0);
+      rc = fail(&p, err);
+      goto out;
+    }
+    if (portal_addr.ss_family == AF_INET)
+      ((struct sockaddr_in *)&portal_addr)->sin_port = htons((uint16_t)pport);
+    else
+      ((struct sockaddr_in6 *)&portal_addr)->sin6_port = htons((uint16_t)pport);
+    tg_addr_format((struct sockaddr *)&portal_addr, where);
+    const char *pub = tg_config_str(cfg, "portal_public_url");
+    if (*pub) {
+      snprintf(portal.public_url, sizeof(portal.public_url), "%s", pub);
+    } else {
+      /* a wildcard address is reached on loopback from this machine */
+      char host[64];
+      snprintf(host, sizeof(host), "%s", where);
+      if (strncmp(host, "0.0.0.0:", 8) == 0 || strncmp(host, "[::]:", 5) == 0)
+        snprintf(host, sizeof(host), "127.0.0.1:%d", pport);
+      snprintf(portal.public_url, sizeof(portal.public_url), "%s://%s",
+               portal.tls ? "https" : "http", host);
+    }
+    snprintf(ports, sizeof(ports), "%d", pport);
+    tg_log(TG_LOG_INFO, "portal listening", "portal_url", portal.public_url, "portal_port", ports,
+           NULL);
+  }
   compactor_start(&srv);
 
   for (;;) {
@@ -313,6 +403,8 @@ int main(int argc, char **argv) {
     tg_log(TG_LOG_INFO, "stopping", "signal", name, NULL);
     break;
   }
+  if (portal_on)
+    portal_stop(&portal, tg_config_int(cfg, "drain_timeout"));
   adm_stop(&srv, tg_config_int(cfg, "drain_timeout"));
   compactor_stop();
   tg_log(TG_LOG_INFO, "stopped", NULL);
@@ -324,6 +416,11 @@ out:
     free(tls_key);
   }
   free(tls_cert);
+  if (portal_key) {
+    sodium_memzero(portal_key, strlen(portal_key));
+    free(portal_key);
+  }
+  free(portal_cert);
   tg_config_free(cfg);
   return rc;
 }

@@ -379,7 +379,7 @@ revocation() { # gateway-name store key-dir
   token=$("$CLI" --config empty.conf --db-path "$db" --secret-file secret \
     admin-token create --name "bench-$name" --scopes admin 2>/dev/null)
   "$SRVBIN" --config empty.conf --db-path "$db" --secret-file secret \
-    --admin-listen "127.0.0.1:$ADM" --log-format text 2>"adm-$name.log" &
+    --admin-listen "127.0.0.1:$ADM" --portal-enabled false --log-format text 2>"adm-$name.log" &
   spid=$!
   pids+=($!)
   for i in $(seq 500); do

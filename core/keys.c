@@ -47,6 +47,7 @@ static const struct token_kind token_kinds[] = {
     TOKEN_KIND(TG_TOKEN_API_KEY, "tg_live_"),
     TOKEN_KIND(TG_TOKEN_ADMIN, "tg_adm_"),
     TOKEN_KIND(TG_TOKEN_SESSION, "tg_ses_"),
+    TOKEN_KIND(TG_TOKEN_ACCOUNT, "tg_act_"),
 };
 #define TOKEN_KIND_COUNT (sizeof(token_kinds) / sizeof(token_kinds[0]))
 
@@ -219,7 +220,7 @@ int tg_token_check(const char *text, size_t len, tg_token_type_t *type, tg_probl
       return tg_problem_set(p, TG_EAUTH, NULL, "The token is truncated.");
     return tg_problem_set(p, TG_EAUTH, NULL,
                           "The token does not start with a known type "
-                          "(tg_live_, tg_adm_ or tg_ses_).");
+                          "(tg_live_, tg_adm_, tg_ses_ or tg_act_).");
   }
 
   want = kind->len + TG_KEY_BODY_LEN + TG_KEY_CHECKSUM_LEN;

@@ -54,6 +54,7 @@ typedef enum tg_token_type {
   TG_TOKEN_API_KEY = 0, /* "tg_live_" */
   TG_TOKEN_ADMIN = 1,   /* "tg_adm_" */
   TG_TOKEN_SESSION = 2, /* "tg_ses_" */
+  TG_TOKEN_ACCOUNT = 3, /* "tg_act_": one-time email verification / password reset */
 } tg_token_type_t;
 
 typedef struct tg_secret {

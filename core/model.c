@@ -381,6 +381,37 @@ static const tg_field_t audit_fields[] = {
     {"request_id", TG_FT_TEXT, TG_F_IMMUTABLE, 0, 64, NULL, NULL},
 };
 
+/* The mail outbox (schema/0005_portal.sql): what the portal sends, kept
+ * for the operator (admin API GET /mail) and for the SMTP sender. */
+static const tg_field_t mail_fields[] = {
+    SERVER_FIELDS_HEAD,
+    {"developer_id", TG_FT_REF, TG_F_NULLABLE | TG_F_IMMUTABLE | TG_F_FILTER, 0, 0, "developer",
+     NULL},
+    {"to_addr", TG_FT_TEXT, TG_F_REQUIRED | TG_F_IMMUTABLE | TG_F_FILTER, 3, 254, NULL, NULL},
+    {"kind", TG_FT_ENUM, TG_F_REQUIRED | TG_F_IMMUTABLE | TG_F_FILTER, 0, 0,
+     "verify|reset|approval|notice", NULL},
+    {"subject", TG_FT_TEXT, TG_F_REQUIRED | TG_F_IMMUTABLE, 1, 200, NULL, NULL},
+    {"body", TG_FT_TEXT, TG_F_REQUIRED | TG_F_IMMUTABLE, 1, 20000, NULL, NULL},
+    {"status", TG_FT_ENUM, TG_F_FILTER, 0, 0, "queued|sent|failed", NULL},
+    {"attempts", TG_FT_INT, 0, 0, 1000, NULL, NULL},
+    {"last_error", TG_FT_TEXT, TG_F_NULLABLE, 0, 500, NULL, NULL},
+    {"sent_at", TG_FT_TIME, TG_F_NULLABLE, 0, INT64_MAX, NULL, NULL},
+    SERVER_FIELDS_TAIL,
+};
+
+/* One-time account tokens (email verification, password reset). */
+static const tg_field_t account_token_fields[] = {
+    SERVER_FIELDS_HEAD,
+    {"developer_id", TG_FT_REF, TG_F_REQUIRED | TG_F_IMMUTABLE | TG_F_FILTER, 0, 0, "developer",
+     NULL},
+    {"purpose", TG_FT_ENUM, TG_F_REQUIRED | TG_F_IMMUTABLE | TG_F_FILTER, 0, 0, "verify|reset",
+     NULL},
+    {"digest", TG_FT_DIGEST, TG_F_REQUIRED | TG_F_IMMUTABLE | TG_F_SECRET | TG_F_UNIQUE, 0, 0, NULL,
+     NULL},
+    {"expires_at", TG_FT_TIME, TG_F_REQUIRED | TG_F_IMMUTABLE, 0, INT64_MAX, NULL, NULL},
+    SERVER_FIELDS_TAIL,
+};
+
 static const tg_entity_desc_t entities[TG_ENT__COUNT] = {
     [TG_ENT_API] = {"api", "apis", "api", api_fields, COUNT(api_fields)},
     [TG_ENT_TARGET] = {"target", "targets", "tgt", target_fields, COUNT(target_fields)},
@@ -395,6 +426,9 @@ static const tg_entity_desc_t entities[TG_ENT__COUNT] = {
                             COUNT(admin_token_fields)},
     [TG_ENT_SESSION] = {"session", "sessions", "ses", session_fields, COUNT(session_fields)},
     [TG_ENT_AUDIT] = {"audit", "audit_log", "aud", audit_fields, COUNT(audit_fields)},
+    [TG_ENT_MAIL] = {"mail", "mail_outbox", "mai", mail_fields, COUNT(mail_fields)},
+    [TG_ENT_ACCOUNT_TOKEN] = {"account_token", "account_tokens", "act", account_token_fields,
+                              COUNT(account_token_fields)},
 };
 
 const tg_entity_desc_t *tg_model_entity(tg_entity_t ent) {

@@ -44,6 +44,8 @@ typedef enum tg_entity {
   TG_ENT_ADMIN_TOKEN,
   TG_ENT_SESSION,
   TG_ENT_AUDIT,
+  TG_ENT_MAIL,          /* schema/0005_portal.sql */
+  TG_ENT_ACCOUNT_TOKEN, /* schema/0005_portal.sql */
   TG_ENT__COUNT
 } tg_entity_t;
 

@@ -14,7 +14,8 @@
 #define META_FINGERPRINT "secret_fingerprint"
 
 static int store_has_digests(tg_store_t *s, bool *any, tg_problem_t *p) {
-  static const tg_entity_t with_digest[] = {TG_ENT_KEY, TG_ENT_ADMIN_TOKEN, TG_ENT_SESSION};
+  static const tg_entity_t with_digest[] = {TG_ENT_KEY, TG_ENT_ADMIN_TOKEN, TG_ENT_SESSION,
+                                            TG_ENT_ACCOUNT_TOKEN};
   *any = false;
   for (size_t i = 0; i < sizeof(with_digest) / sizeof(with_digest[0]); i++) {
     int64_t n = 0;

@@ -277,7 +277,8 @@ class Server:
     def __init__(self, ctx, extra, listen):
         self.ctx = ctx
         self.argv = [SERVER, "--config", ctx.config, "--db-path", ctx.db, "--secret-file",
-                     ctx.secret, "--admin-listen", listen, "--log-format", "text"] + list(extra)
+                     ctx.secret, "--admin-listen", listen, "--portal-listen", "127.0.0.1:0",
+                     "--log-format", "text"] + list(extra)
         self.lines = []
         self.port = None
         self.port_seen = threading.Event()

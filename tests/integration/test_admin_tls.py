@@ -48,7 +48,7 @@ class Box:
 
     def start(self, *args):
         self.log = open(os.path.join(self.dir, 'server.log'), 'w+')
-        self.proc = subprocess.Popen([SERVER] + self.common + ['--log-format', 'text'] + list(args),
+        self.proc = subprocess.Popen([SERVER] + self.common + ['--portal-listen', '127.0.0.1:0', '--log-format', 'text'] + list(args),
                                      stderr=self.log, env=env())
         deadline = time.time() + 10
         while time.time() < deadline:

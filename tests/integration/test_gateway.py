@@ -640,7 +640,8 @@ class World:
         check(self.token.startswith("tg_adm_"), "unexpected admin token %r" % self.token)
         self.server = Daemon("server", [SERVER, "--config", self.config, "--db-path", self.db,
                                         "--secret-file", self.secret, "--admin-listen",
-                                        "127.0.0.1:0", "--log-format", "text"], self.dir,
+                                        "127.0.0.1:0", "--portal-listen", "127.0.0.1:0",
+                                        "--log-format", "text"], self.dir,
                              {"port": re.compile(r"\bport=(\d+)\b")})
         self.daemons.append(self.server)
         self.admin_port = self.server.wait_ports()["port"]

@@ -326,12 +326,12 @@ def test_scopes_match_document(c):
 # model.c field table -> the document's row schema
 ENTITY_SCHEMAS = {"api": "Api", "target": "Target", "plan": "Plan", "developer": "Developer",
                   "app": "App", "subscription": "Subscription", "key": "Key",
-                  "admin_token": "AdminToken", "audit": "AuditEntry"}
+                  "admin_token": "AdminToken", "audit": "AuditEntry", "mail": "MailMessage"}
 # collections whose list operation filters on the entity's TG_F_FILTER fields
 # (less the fields the path fixes)
 LIST_PATHS = {"api": "/apis", "target": "/apis/{id}/targets", "plan": "/plans",
               "developer": "/developers", "app": "/apps", "subscription": "/subscriptions",
-              "key": "/keys", "admin_token": "/admin-tokens", "audit": "/audit"}
+              "key": "/keys", "admin_token": "/admin-tokens", "audit": "/audit", "mail": "/mail"}
 PATH_FIXED = {"target": {"api_id"}}
 # entities created by the generic handler: every writable field, TG_F_REQUIRED required
 GENERIC_CREATE = {"api": "ApiCreate", "plan": "PlanCreate", "developer": "DeveloperCreate",
@@ -555,7 +555,8 @@ class Server:
     def start(self):
         logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [SERVER] + self.settings + ["--admin-listen", "127.0.0.1:0", "--log-format", "text"],
+            [SERVER] + self.settings + ["--admin-listen", "127.0.0.1:0", "--portal-listen",
+                                         "127.0.0.1:0", "--log-format", "text"],
             cwd=self.dir, env=clean_env(), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
         logf.close()
         deadline = time.monotonic() + TIMEOUT

@@ -18,8 +18,9 @@
 
 #include "tests/unit/tg_test.h"
 
-static const char *const type_text[] = {"tg_live_", "tg_adm_", "tg_ses_"};
-static const tg_token_type_t all_types[] = {TG_TOKEN_API_KEY, TG_TOKEN_ADMIN, TG_TOKEN_SESSION};
+static const char *const type_text[] = {"tg_live_", "tg_adm_", "tg_ses_", "tg_act_"};
+static const tg_token_type_t all_types[] = {TG_TOKEN_API_KEY, TG_TOKEN_ADMIN, TG_TOKEN_SESSION,
+                                            TG_TOKEN_ACCOUNT};
 #define TYPE_COUNT 3
 #define BASE62     "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 

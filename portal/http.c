@@ -1,0 +1,673 @@
+/*
+ * http.c - libmicrohttpd glue for the developer portal: request contexts,
+ * bounded form bodies, urlencoded form parsing, cookies, page rendering,
+ * static files from memory, security headers, start and graceful stop.
+ *
+ * Invariants:
+ *   - a request body never grows past portal_max_body: the first byte over
+ *     it answers 413 and the rest is not kept;
+ *   - every response carries the security headers (send_response), HTML
+ *     and JSON are never cached (no-store), static files are revalidated
+ *     by ETag;
+ *   - the request context is freed only in MHD's completion callback.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/keys.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "portal/portal.h"
+
+#define STATIC_FILE_MAX  ((size_t)4 << 20)
+#define STATIC_FILES_MAX 256
+
+/* The CSP of every page; the API reference page (RapiDoc) adds one style
+ * hash and style attributes (web/README.md, "What RapiDoc needs"). */
+#define CSP_PAGE                                                                                   \
+  "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "                \
+  "object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+#define CSP_DOCS                                                                                   \
+  "default-src 'self'; script-src 'self'; style-src 'self' "                                       \
+  "'sha256-NolJvpLT1T5e8QBkz4jdiH1sL721JFKC74rleMr1A7w='; style-src-attr 'unsafe-inline'; "        \
+  "img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "             \
+  "form-action 'self'"
+
+/* ---- per-thread store connections and output buffers --------------------------- */
+
+static _Thread_local tg_store_t *thread_store;
+static _Thread_local tg_tmpl_out_t thread_out;
+static _Thread_local bool thread_out_ready;
+
+tg_store_t *portal_thread_store(portal_server_t *srv, tg_problem_t *p) {
+  if (thread_store)
+    return thread_store;
+  tg_store_t *s = NULL;
+  if (tg_store_open(&srv->store_opt, &s, NULL, NULL, p))
+    return NULL;
+  pthread_mutex_lock(&srv->stores_lock);
+  if (srv->nstores == PORTAL_MAX_STORES) {
+    pthread_mutex_unlock(&srv->stores_lock);
+    tg_store_close(s);
+    tg_problem_set(p, TG_ESTORE, "", "too many store connections");
+    return NULL;
+  }
+  srv->stores[srv->nstores++] = s;
+  pthread_mutex_unlock(&srv->stores_lock);
+  thread_store = s;
+  return s;
+}
+
+/* ---- request access -------------------------------------------------------------- */
+
+const char *portal_field(portal_req_t *r, const char *name) {
+  for (int i = 0; i < r->nfields; i++)
+    if (strcmp(r->fields[i].name, name) == 0)
+      return r->fields[i].value;
+  return "";
+}
+
+const char *portal_query(portal_req_t *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *portal_header_in(portal_req_t *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *portal_cookie(portal_req_t *r, const char *name) {
+  return MHD_lookup_connection_value(r->conn, MHD_COOKIE_KIND, name);
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+/* Decode one application/x-www-form-urlencoded name or value (WHATWG URL,
+ * "application/x-www-form-urlencoded parsing") into a new string; NULL
+ * when malformed (a bad %XX, bytes that are not UTF-8, control characters
+ * other than tab and line ends). */
+static char *form_decode(const char *s, size_t len) {
+  char *out = malloc(len + 1);
+  size_t n = 0;
+  if (!out)
+    return NULL;
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] == '+') {
+      out[n++] = ' ';
+    } else if (s[i] == '%') {
+      int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
+      int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
+      if (hi < 0 || lo < 0) {
+        free(out);
+        return NULL;
+      }
+      out[n++] = (char)(hi * 16 + lo);
+      i += 2;
+    } else {
+      out[n++] = s[i];
+    }
+  }
+  out[n] = '\0';
+  if (!tg_utf8_valid(out, n, false)) {
+    free(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* Parse the collected body as a form. Sets form_bad on anything odd:
+ * malformed encoding, too many fields, a name given twice. */
+static void parse_form(portal_req_t *r) {
+  const char *s = r->body ? r->body : "";
+  size_t len = r->body_len;
+  size_t i = 0;
+  while (i < len) {
+    const char *amp = memchr(s + i, '&', len - i);
+    size_t end = amp ? (size_t)(amp - s) : len;
+    if (end > i) {
+      const char *eq = memchr(s + i, '=', end - i);
+      size_t nend = eq ? (size_t)(eq - s) : end;
+      if (r->nfields == PORTAL_MAX_FIELDS) {
+        r->form_bad = true;
+        return;
+      }
+      char *name = form_decode(s + i, nend - i);
+      char *value = eq ? form_decode(eq + 1, end - nend - 1) : strdup("");
+      if (!name || !value || !*name) {
+        free(name);
+        free(value);
+        r->form_bad = true;
+        return;
+      }
+      for (int k = 0; k < r->nfields; k++)
+        if (strcmp(r->fields[k].name, name) == 0) {
+          free(name);
+          free(value);
+          r->form_bad = true;
+          return;
+        }
+      r->fields[r->nfields].name = name;
+      r->fields[r->nfields].value = value;
+      r->nfields++;
+    }
+    i = end + 1;
+  }
+}
+
+/* ---- responses --------------------------------------------------------------------- */
+
+static void reset_response(portal_req_t *r) {
+  free(r->resp_body);
+  r->resp_body = NULL;
+  r->resp_len = 0;
+  r->file = NULL;
+}
+
+void portal_header(portal_req_t *r, const char *name, const char *fmt, ...) {
+  char value[2048];
+  va_list ap;
+  if (r->nheaders == PORTAL_MAX_HEADERS)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(value, sizeof(value), fmt, ap);
+  va_end(ap);
+  char *copy = strdup(value);
+  if (!copy)
+    return;
+  r->headers[r->nheaders].name = name;
+  r->headers[r->nheaders].value = copy;
+  r->nheaders++;
+}
+
+void portal_set_cookie(portal_req_t *r, const char *name, const char *value, int64_t max_age) {
+  bool secure = r->srv->tls || r->srv->secure_cookies;
+  if (max_age < 0)
+    portal_header(r, "Set-Cookie", "%s=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax%s", name,
+                  secure ? "; Secure" : "");
+  else
+    portal_header(r, "Set-Cookie", "%s=%s; Path=/; Max-Age=%lld; HttpOnly; SameSite=Lax%s", name,
+                  value, (long long)max_age, secure ? "; Secure" : "");
+}
+
+void portal_raw(portal_req_t *r, int status, const char *type, const char *data, size_t len) {
+  reset_response(r);
+  r->status = status;
+  r->resp_type = type;
+  r->resp_body = malloc(len + 1);
+  if (r->resp_body) {
+    memcpy(r->resp_body, data, len);
+    r->resp_len = len;
+  } else {
+    r->status = 500;
+  }
+  r->responded = true;
+}
+
+void portal_page(portal_req_t *r, int status, const char *name, json_t *ctx) {
+  tg_problem_t p = {0};
+  json_t *c = ctx ? json_incref(ctx) : json_object();
+  if (!thread_out_ready) {
+    tg_tmpl_out_init(&thread_out, 0);
+    thread_out_ready = true;
+  }
+  tg_tmpl_out_reset(&thread_out);
+  if (c && r->dev) {
+    json_object_set_new(c, "signed_in", json_true());
+    json_object_set(c, "me", r->dev);
+  }
+  if (c)
+    json_object_set_new(c, "csrf", json_string(r->csrf));
+  if (!c || tg_tmpl_render(r->srv->tmpl, name, c, &thread_out, &p) != TG_OK) {
+    tg_log(TG_LOG_ERROR, "portal page failed to render", "template", name, "error", p.detail,
+           "request_id", r->request_id, NULL);
+    json_decref(c);
+    portal_raw(r, 500, "text/plain; charset=utf-8", "Internal error\n", 15);
+    return;
+  }
+  json_decref(c);
+  portal_raw(r, status, "text/html; charset=utf-8", thread_out.data, thread_out.len);
+}
+
+void portal_message(portal_req_t *r, int status, const char *title, const char *text) {
+  json_t *ctx = json_pack("{s:s, s:s, s:i}", "title", title, "text", text, "status", status);
+  portal_page(r, status, "message", ctx);
+  json_decref(ctx);
+}
+
+void portal_redirect(portal_req_t *r, const char *location) {
+  reset_response(r);
+  r->status = 303;
+  r->resp_type = NULL;
+  portal_header(r, "Location", "%s", location);
+  r->responded = true;
+}
+
+const portal_file_t *portal_file_find(portal_server_t *srv, const char *path) {
+  size_t lo = 0, hi = srv->nfiles;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    int c = strcmp(path, srv->files[mid].path);
+    if (c == 0)
+      return &srv->files[mid];
+    if (c < 0)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return NULL;
+}
+
+static enum MHD_Result send_response(portal_req_t *r) {
+  const char *data = r->file ? r->file->data : r->resp_body ? r->resp_body : "";
+  size_t len = r->file ? r->file->len : r->resp_len;
+  bool not_modified = false;
+  if (r->file) {
+    const char *inm = portal_header_in(r, "If-None-Match");
+    if (inm && strstr(inm, r->file->etag)) {
+      not_modified = true;
+      r->status = 304;
+      len = 0;
+    }
+  }
+  struct MHD_Response *resp = MHD_create_response_from_buffer(
+      len, (void *)data, r->file ? MHD_RESPMEM_PERSISTENT : MHD_RESPMEM_MUST_COPY);
+  if (!resp)
+    return MHD_NO;
+  if (r->file) {
+    if (!not_modified)
+      MHD_add_response_header(resp, "Content-Type", r->file->type);
+    MHD_add_response_header(resp, "ETag", r->file->etag);
+    MHD_add_response_header(resp, "Cache-Control", "public, max-age=300");
+  } else {
+    if (r->resp_type)
+      MHD_add_response_header(resp, "Content-Type", r->resp_type);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+  }
+  MHD_add_response_header(resp, "Content-Security-Policy", r->docs_csp ? CSP_DOCS : CSP_PAGE);
+  MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+  MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+  MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+  MHD_add_response_header(resp, "Cross-Origin-Opener-Policy", "same-origin");
+  MHD_add_response_header(resp, "Permissions-Policy", "camera=(), microphone=(), geolocation=()");
+  if (r->srv->tls)
+    MHD_add_response_header(resp, "Strict-Transport-Security", "max-age=31536000");
+  MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+  for (int i = 0; i < r->nheaders; i++)
+    MHD_add_response_header(resp, r->headers[i].name, r->headers[i].value);
+  enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, resp);
+  MHD_destroy_response(resp);
+  return ret;
+}
+
+static void log_request(portal_req_t *r) {
+  if (!tg_log_enabled(TG_LOG_INFO))
+    return;
+  char status[8], ms[24];
+  snprintf(status, sizeof(status), "%d", r->status);
+  snprintf(ms, sizeof(ms), "%lld", (long long)(tg_now_ms() - r->started_ms));
+  const char *dev = r->dev ? json_string_value(json_object_get(r->dev, "id")) : NULL;
+  tg_log(TG_LOG_INFO, "portal request", "request_id", r->request_id, "method", r->method, "path",
+         r->path, "status", status, "ms", ms, "developer", dev ? dev : "", NULL);
+}
+
+static void client_address(portal_req_t *r) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  r->client[0] = '\0';
+  if (!ci || !ci->client_addr)
+    return;
+  const struct sockaddr *sa = ci->client_addr;
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->client, sizeof(r->client));
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, r->client,
+              sizeof(r->client));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **ctx) {
+  portal_server_t *srv = cls;
+  portal_req_t *r = *ctx;
+  if (!r) {
+    unsigned char rnd[12];
+    r = calloc(1, sizeof(*r));
+    if (!r)
+      return MHD_NO;
+    r->srv = srv;
+    r->conn = conn;
+    r->method = method;
+    r->path = url;
+    r->started_ms = tg_now_ms();
+    randombytes_buf(rnd, sizeof(rnd));
+    tg_hex_encode(rnd, sizeof(rnd), r->request_id);
+    client_address(r);
+    atomic_fetch_add(&srv->inflight, 1);
+    *ctx = r;
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
+    if (cl) {
+      char *end;
+      errno = 0;
+      unsigned long long n = strtoull(cl, &end, 10);
+      if (errno || *end || n > srv->max_body)
+        r->too_big = true;
+    }
+    return MHD_YES;
+  }
+  if (*upload_size > 0) {
+    size_t n = *upload_size;
+    *upload_size = 0;
+    if (r->too_big || n > srv->max_body - r->body_len) {
+      r->too_big = true;
+      r->discarded += n;
+      return r->discarded > 4 * srv->max_body ? MHD_NO : MHD_YES;
+    }
+    if (r->body_len + n > r->body_cap) {
+      size_t cap = r->body_cap ? r->body_cap : 4096;
+      while (cap < r->body_len + n)
+        cap *= 2;
+      if (cap > srv->max_body)
+        cap = srv->max_body;
+      char *nb = realloc(r->body, cap + 1);
+      if (!nb)
+        return MHD_NO;
+      r->body = nb;
+      r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, upload_data, n);
+    r->body_len += n;
+    r->body[r->body_len] = '\0';
+    return MHD_YES;
+  }
+  if (r->responded)
+    return MHD_YES;
+  if (r->too_big) {
+    char text[160];
+    snprintf(text, sizeof(text), "The form sent more than %zu bytes, the most this site accepts.",
+             srv->max_body);
+    portal_message(r, 413, "Too much data", text);
+    portal_header(r, "Connection", "close");
+  } else {
+    if (strcmp(method, "POST") == 0)
+      parse_form(r);
+    portal_dispatch(r);
+  }
+  log_request(r);
+  r->responded = true;
+  return send_response(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
+                         enum MHD_RequestTerminationCode toe) {
+  portal_server_t *srv = cls;
+  portal_req_t *r = *ctx;
+  if (!r)
+    return;
+  reset_response(r);
+  for (int i = 0; i < r->nheaders; i++)
+    free(r->headers[i].value);
+  for (int i = 0; i < r->nfields; i++) {
+    sodium_memzero(r->fields[i].value, strlen(r->fields[i].value));
+    free(r->fields[i].name);
+    free(r->fields[i].value);
+  }
+  if (r->body) {
+    sodium_memzero(r->body, r->body_len); /* passwords */
+    free(r->body);
+  }
+  sodium_memzero(r->session_token, sizeof(r->session_token));
+  json_decref(r->session);
+  json_decref(r->dev);
+  for (int i = 0; i < PORTAL_MAX_PARAMS; i++)
+    free(r->params[i]);
+  free(r);
+  *ctx = NULL;
+  atomic_fetch_sub(&srv->inflight, 1);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+  char msg[512];
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  size_t n = strlen(msg);
+  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+    msg[--n] = '\0';
+  tg_log(TG_LOG_WARN, "libmicrohttpd (portal)", "detail", msg, NULL);
+}
+
+/* ---- static files ------------------------------------------------------------------ */
+
+static const char *type_of(const char *name) {
+  static const struct {
+    const char *ext, *type;
+  } types[] = {
+      {".css", "text/css; charset=utf-8"},
+      {".js", "text/javascript; charset=utf-8"},
+      {".svg", "image/svg+xml"},
+      {".png", "image/png"},
+      {".ico", "image/x-icon"},
+      {".txt", "text/plain; charset=utf-8"},
+      {".json", "application/json"},
+      {".woff2", "font/woff2"},
+  };
+  const char *dot = strrchr(name, '.');
+  for (size_t i = 0; dot && i < sizeof(types) / sizeof(types[0]); i++)
+    if (strcmp(dot, types[i].ext) == 0)
+      return types[i].type;
+  return NULL; /* not served: LICENSE files, MANIFEST, README */
+}
+
+static int read_file(const char *path, char **data, size_t *len, tg_problem_t *p) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  int rc = TG_OK;
+  *data = NULL;
+  if (fd < 0)
+    return tg_problem_set(p, TG_EIO, "portal_web_dir", "cannot open %s: %s", path, strerror(errno));
+  if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (size_t)st.st_size > STATIC_FILE_MAX) {
+    rc = tg_problem_set(p, TG_EIO, "portal_web_dir", "%s is not a file of at most 4 MiB", path);
+    goto out;
+  }
+  *data = malloc((size_t)st.st_size + 1);
+  size_t got = 0;
+  while (*data && got < (size_t)st.st_size) {
+    ssize_t n = read(fd, *data + got, (size_t)st.st_size - got);
+    if (n <= 0)
+      break;
+    got += (size_t)n;
+  }
+  if (!*data || got != (size_t)st.st_size) {
+    free(*data);
+    *data = NULL;
+    rc = tg_problem_set(p, TG_EIO, "portal_web_dir", "cannot read %s", path);
+    goto out;
+  }
+  (*data)[got] = '\0';
+  *len = got;
+out:
+  close(fd);
+  return rc;
+}
+
+/* Add every servable file under dir (recursively) as url/NAME. */
+static int load_files(portal_server_t *srv, const char *dir, const char *url, int depth,
+                      tg_problem_t *p) {
+  DIR *d = opendir(dir);
+  int rc = TG_OK;
+  if (!d)
+    return TG_OK; /* an absent folder serves nothing */
+  struct dirent *e;
+  while (rc == TG_OK && (e = readdir(d))) {
+    char path[1024], sub[512];
+    struct stat st;
+    if (e->d_name[0] == '.')
+      continue;
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= sizeof(path) ||
+        (size_t)snprintf(sub, sizeof(sub), "%s/%s", url, e->d_name) >= sizeof(sub) ||
+        stat(path, &st))
+      continue;
+    if (S_ISDIR(st.st_mode)) {
+      if (depth < 4)
+        rc = load_files(srv, path, sub, depth + 1, p);
+      continue;
+    }
+    const char *type = type_of(e->d_name);
+    if (!S_ISREG(st.st_mode) || !type)
+      continue;
+    if (srv->nfiles == STATIC_FILES_MAX) {
+      rc = tg_problem_set(p, TG_ETOOBIG, "portal_web_dir", "more than %d static files",
+                          STATIC_FILES_MAX);
+      break;
+    }
+    portal_file_t *f = &srv->files[srv->nfiles];
+    if ((rc = read_file(path, &f->data, &f->len, p)))
+      break;
+    if (!(f->path = strdup(sub))) {
+      free(f->data);
+      rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
+      break;
+    }
+    unsigned char h[8];
+    crypto_generichash(h, sizeof(h), (const unsigned char *)f->data, f->len, NULL, 0);
+    f->etag[0] = '"';
+    tg_hex_encode(h, sizeof(h), f->etag + 1);
+    f->etag[17] = '"';
+    f->etag[18] = '\0';
+    f->type = type;
+    srv->nfiles++;
+  }
+  closedir(d);
+  return rc;
+}
+
+static int by_path(const void *a, const void *b) {
+  return strcmp(((const portal_file_t *)a)->path, ((const portal_file_t *)b)->path);
+}
+
+static void free_files(portal_server_t *srv) {
+  for (size_t i = 0; i < srv->nfiles; i++) {
+    free(srv->files[i].path);
+    free(srv->files[i].data);
+  }
+  free(srv->files);
+  srv->files = NULL;
+  srv->nfiles = 0;
+}
+
+static int load_web(portal_server_t *srv, tg_problem_t *p) {
+  const char *web = tg_config_str(srv->cfg, "portal_web_dir");
+  char dir[1024];
+  static const char *const parts[] = {"css", "js", "static"};
+  snprintf(dir, sizeof(dir), "%s/templates", web);
+  if (!(srv->tmpl = tg_tmpl_load_dir(dir, p)))
+    return p->code ? p->code : TG_EIO;
+  srv->files = calloc(STATIC_FILES_MAX, sizeof(portal_file_t));
+  if (!srv->files)
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+    char url[16];
+    snprintf(dir, sizeof(dir), "%s/%s", web, parts[i]);
+    snprintf(url, sizeof(url), "/%s", parts[i]);
+    int rc = load_files(srv, dir, url, 0, p);
+    if (rc)
+      return rc;
+  }
+  qsort(srv->files, srv->nfiles, sizeof(portal_file_t), by_path);
+  return TG_OK;
+}
+
+/* ---- the daemon ------------------------------------------------------------------------ */
+
+int portal_start(portal_server_t *srv, const struct sockaddr *addr, const char *tls_key_pem,
+                 const char *tls_cert_pem, unsigned threads, int *port, tg_problem_t *p) {
+  int rc = load_web(srv, p);
+  if (rc)
+    goto fail;
+  if (!(srv->throttle = tg_throttle_new(65536))) {
+    rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
+    goto fail;
+  }
+  /* poll(), not epoll: see adm_start (MHD_quiesce_daemon and epoll) */
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+  if (addr->sa_family == AF_INET6)
+    flags |= MHD_USE_IPv6;
+  if (tls_key_pem)
+    flags |= MHD_USE_TLS;
+  unsigned timeout_s = (unsigned)((tg_config_int(srv->cfg, "portal_timeout") + 999) / 1000);
+  struct MHD_OptionItem tls_opts[] = {
+      {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)tls_key_pem},
+      {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)tls_cert_pem},
+      {MHD_OPTION_END, 0, NULL},
+  };
+  srv->daemon = MHD_start_daemon(
+      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+      MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, threads,
+      MHD_OPTION_CONNECTION_TIMEOUT, timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+      (unsigned)tg_config_int(srv->cfg, "portal_max_connections"),
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      (unsigned)tg_config_int(srv->cfg, "portal_per_ip_connections"),
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_STRICT_FOR_CLIENT, 1,
+      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_ARRAY,
+      tls_key_pem ? tls_opts : &tls_opts[2], MHD_OPTION_END);
+  if (!srv->daemon) {
+    rc = tg_problem_set(p, TG_EIO, "portal_listen",
+                        "cannot start the portal (address in use, or bad TLS files?)");
+    goto fail;
+  }
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+  *port = info ? info->port : 0;
+  srv->tls = tls_key_pem != NULL;
+  return TG_OK;
+fail:
+  tg_tmpl_free(srv->tmpl);
+  srv->tmpl = NULL;
+  free_files(srv);
+  tg_throttle_free(srv->throttle);
+  srv->throttle = NULL;
+  return rc;
+}
+
+void portal_stop(portal_server_t *srv, int64_t drain_ms) {
+  if (!srv->daemon)
+    return;
+  MHD_socket lfd = MHD_quiesce_daemon(srv->daemon);
+  if (lfd != MHD_INVALID_SOCKET)
+    shutdown(lfd, SHUT_RDWR);
+  int64_t deadline = tg_now_ms() + drain_ms;
+  while (atomic_load(&srv->inflight) > 0 && tg_now_ms() < deadline) {
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  MHD_stop_daemon(srv->daemon);
+  srv->daemon = NULL;
+  if (lfd != MHD_INVALID_SOCKET)
+    close(lfd);
+  pthread_mutex_lock(&srv->stores_lock);
+  for (int i = 0; i < srv->nstores; i++)
+    tg_store_close(srv->stores[i]);
+  srv->nstores = 0;
+  pthread_mutex_unlock(&srv->stores_lock);
+  tg_tmpl_free(srv->tmpl);
+  srv->tmpl = NULL;
+  free_files(srv);
+  tg_throttle_free(srv->throttle);
+  srv->throttle = NULL;
+}
