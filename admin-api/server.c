@@ -292,6 +292,19 @@ int main(int argc, char **argv) {
   }
   tg_log_setup(tg_config_str(cfg, "log_level"), tg_config_str(cfg, "log_format"),
                "tollgate-server");
+  /* tests move the wall clock (session timeouts, token expiry, months) */
+  const char *test_now = getenv("TOLLGATE_TEST_NOW");
+  if (test_now && *test_now) {
+    char *end;
+    long long ms = strtoll(test_now, &end, 10);
+    if (*end || ms <= 0) {
+      tg_problem_set(&p, TG_ECONFIG, "TOLLGATE_TEST_NOW", "must be unix time in milliseconds");
+      rc = fail(&p, TG_ECONFIG);
+      goto out;
+    }
+    tg_clock_offset_ms(ms - tg_now_ms());
+    tg_log(TG_LOG_WARN, "wall clock moved for tests (TOLLGATE_TEST_NOW)", "now", test_now, NULL);
+  }
 
   srv.cfg = cfg;
   srv.max_body = (size_t)tg_config_int(cfg, "admin_max_body");

@@ -65,10 +65,14 @@ bool tg_utf8_valid(const char *s, size_t len, bool allow_ctl) {
   return true;
 }
 
-static int64_t clock_override_ms;
+static int64_t clock_override_ms, clock_offset_ms;
 
 void tg_clock_override_ms(int64_t ms) {
   clock_override_ms = ms;
+}
+
+void tg_clock_offset_ms(int64_t ms) {
+  clock_offset_ms = ms;
 }
 
 int64_t tg_now_ms(void) {
@@ -76,7 +80,7 @@ int64_t tg_now_ms(void) {
     return clock_override_ms;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + clock_offset_ms;
 }
 
 int64_t tg_now(void) {

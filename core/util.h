@@ -29,6 +29,9 @@ int64_t tg_now_ms(void);
 /* Tests only: make tg_now()/tg_now_ms() return `ms` (0 restores the real
  * clock). Not thread-safe by design: set before starting threads. */
 void tg_clock_override_ms(int64_t ms);
+/* Tests only: a running clock moved by `ms` (TOLLGATE_TEST_NOW in
+ * tollgate-server). Set before starting threads. */
+void tg_clock_offset_ms(int64_t ms);
 
 #define TG_ID_LEN 30 /* "api_" + 26 */
 
