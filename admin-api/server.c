@@ -1,9 +1,11 @@
 /*
  * server.c - tollgate-server's main: configuration, the store (migrated on
- * start), the server secret, the admin API daemon, and a graceful stop.
+ * start), the server secret, the admin API and developer portal daemons,
+ * the usage compaction thread, and a graceful stop.
  *
  *   tollgate-server [--config FILE] [--KEY VALUE ...]
- *   tollgate-server --help | --version | --check-config | --print-routes
+ *   tollgate-server --help | --version | --check-config | --print-routes |
+ *                   --print-portal-routes
  *
  * Signals are blocked in every thread and taken by sigwait in main: SIGTERM
  * or SIGINT stops accepting, lets in-flight requests finish (drain_timeout)
@@ -219,16 +221,19 @@ int main(int argc, char **argv) {
   struct sockaddr_storage addr;
   unsigned addrlen = 0;
   int rc = EXIT_FAILURE, from = 0, to = 0, port = 0;
-  bool print_routes = false;
+  bool print_routes = false, print_portal_routes = false;
 
-  /* --print-routes is ours alone; hide it from the config parser */
-  for (int i = 1; i < argc; i++)
-    if (strcmp(argv[i], "--print-routes") == 0) {
-      print_routes = true;
+  /* --print-routes and --print-portal-routes are ours alone; hide them from
+   * the config parser */
+  for (int i = 1; i < argc; i++) {
+    bool admin = strcmp(argv[i], "--print-routes") == 0;
+    if (admin || strcmp(argv[i], "--print-portal-routes") == 0) {
+      *(admin ? &print_routes : &print_portal_routes) = true;
       memmove(&argv[i], &argv[i + 1], (size_t)(argc - i) * sizeof(argv[0]));
       argc--;
-      break;
+      i--;
     }
+  }
   if (tg_keys_init() || tg_config_new(&cfg)) {
     fprintf(stderr, "tollgate-server: cannot initialise\n");
     return EXIT_FAILURE;
@@ -241,14 +246,17 @@ int main(int argc, char **argv) {
            "tollgate-server", TOLLGATE_VERSION, tg_store_schema_latest(),
            "usage: tollgate-server [--config FILE] [--KEY VALUE ...]\n"
            "       tollgate-server --help | --version | --check-config | "
-           "--print-routes\n\n"
+           "--print-routes | --print-portal-routes\n\n"
            "Runs the admin REST API (default http://127.0.0.1:8001) and the developer\n"
            "portal (default port 8002).\n",
            &cli, argc, argv, false)) >= 0)
     goto out;
   rc = EXIT_FAILURE;
-  if (print_routes) {
-    adm_routes_print(stdout);
+  if (print_routes || print_portal_routes) {
+    if (print_routes)
+      adm_routes_print(stdout);
+    if (print_portal_routes)
+      portal_routes_print(stdout);
     rc = EXIT_SUCCESS;
     goto out;
   }
