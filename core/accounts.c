@@ -233,9 +233,11 @@ out:
     json_decref(*dev);
     *dev = NULL;
   }
-  if (rc == TG_EAUTH)
+  if (rc == TG_EAUTH) {
+    tg_problem_clear(p);
     tg_problem_set(p, TG_EAUTH, "token",
                    "This link is not valid any more: it was used, or it expired.");
+  }
   return rc;
 }
 
@@ -348,7 +350,10 @@ int tg_account_login(tg_store_t *s, const tg_account_env_t *env, bool verify_mod
   if (rc == TG_ENOTFOUND) {
     spend_like_verify(password);
     rc = TG_EAUTH;
-  } else if (rc == TG_OK && tg_password_verify(hash, password, pwlen, &rehash) != TG_OK) {
+  }
+  if (rc == TG_EAUTH)
+    tg_problem_clear(p); /* one answer for every cause */
+  else if (rc == TG_OK && tg_password_verify(hash, password, pwlen, &rehash) != TG_OK) {
     rc = TG_EAUTH;
   }
   if (rc == TG_EAUTH) {
@@ -587,8 +592,10 @@ int tg_session_lookup(tg_store_t *s, const tg_account_env_t *env, const tg_sessi
 out:
   json_decref(ses);
   json_decref(d);
-  if (rc == TG_EAUTH)
+  if (rc == TG_EAUTH) {
+    tg_problem_clear(p);
     tg_problem_set(p, TG_EAUTH, "", "Your session ended: sign in again.");
+  }
   return rc;
 }
 
