@@ -3,10 +3,11 @@
 # start the platform on it with a demo API registered.
 #
 # Running: tollgate-server's admin REST API on http://127.0.0.1:8001
-# (TOLLGATE_ADMIN_LISTEN), tollgate-gateway on http://127.0.0.1:8000
-# (TOLLGATE_GATEWAY_LISTEN; status on 127.0.0.1:8100) and a demo upstream
-# on 127.0.0.1:8090 behind the demo API. The developer portal joins as it
-# lands. Ctrl-C stops everything cleanly.
+# (TOLLGATE_ADMIN_LISTEN) and developer portal on http://127.0.0.1:8002
+# (TOLLGATE_PORTAL_LISTEN; open sign-up for the demo: TOLLGATE_PORTAL_SIGNUP),
+# tollgate-gateway on http://127.0.0.1:8000 (TOLLGATE_GATEWAY_LISTEN;
+# status on 127.0.0.1:8100) and a demo upstream on 127.0.0.1:8090 behind
+# the demo API. Ctrl-C stops everything cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,11 @@ export TOLLGATE_DB_PATH=${TOLLGATE_DB_PATH:-$PWD/tollgate.db}
 export TOLLGATE_SECRET_FILE=${TOLLGATE_SECRET_FILE:-$PWD/tollgate.secret}
 export TOLLGATE_ADMIN_LISTEN=${TOLLGATE_ADMIN_LISTEN:-127.0.0.1:8001}
 export TOLLGATE_GATEWAY_LISTEN=${TOLLGATE_GATEWAY_LISTEN:-127.0.0.1:8000}
+export TOLLGATE_PORTAL_LISTEN=${TOLLGATE_PORTAL_LISTEN:-127.0.0.1:8002}
+# the demo signs developers up at once (no email round trip); production
+# keeps the default, verify
+export TOLLGATE_PORTAL_SIGNUP=${TOLLGATE_PORTAL_SIGNUP:-open}
+export TOLLGATE_PORTAL_GATEWAY_URL=${TOLLGATE_PORTAL_GATEWAY_URL:-http://$TOLLGATE_GATEWAY_LISTEN}
 DEMO_UPSTREAM=${DEMO_UPSTREAM:-127.0.0.1:8090}
 cli=build/cli/tollgate
 
@@ -47,9 +53,44 @@ done
 auth=(-H "Authorization: Bearer $token" -H "Content-Type: application/json")
 api=$(curl -fsS -X PUT "${auth[@]}" "$admin/apis/demo" -d '{
   "name": "Demo API",
-  "description": "An example API registered by scripts/start.sh",
+  "description": "An example API registered by scripts/start.sh: it echoes every request back as JSON.",
   "path_prefix": "/demo",
-  "strip_prefix": true
+  "strip_prefix": true,
+  "openapi": {
+    "openapi": "3.1.0",
+    "info": {"title": "Demo API", "version": "1.0.0",
+             "description": "Echoes the request it receives, as the upstream saw it."},
+    "paths": {
+      "/echo": {
+        "get": {
+          "operationId": "echo",
+          "summary": "Echo the request",
+          "description": "Answers with the request the upstream received: method, target, headers (in order) and a hash of the body.",
+          "security": [{"apiKey": []}],
+          "responses": {
+            "200": {"description": "The request record.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Echo"}}}},
+            "401": {"description": "No key, or a key that does not work."},
+            "429": {"description": "Over the plan'\''s rate limit or quota."}
+          }
+        }
+      }
+    },
+    "components": {
+      "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+      "schemas": {
+        "Echo": {
+          "type": "object",
+          "properties": {
+            "method": {"type": "string", "example": "GET"},
+            "target": {"type": "string", "example": "/echo"},
+            "headers": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+            "body_len": {"type": "integer"}
+          }
+        }
+      }
+    }
+  }
 }')
 api_id=$(printf '%s' "$api" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 # the demo API's upstream: an echo server (tests/integration/upstream.c)
@@ -108,6 +149,7 @@ done
 cat <<MSG
 
 Tollgate is running.
+  Portal      http://$TOLLGATE_PORTAL_LISTEN   (developers: sign up, create an app, get a key)
   Admin API   $admin   (OpenAPI: $admin/openapi.json)
   Admin token $token
               (shown once; more with: $cli admin-token create --name NAME --scopes read,write)
