@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "admin-api/adm.h"
+#include "admin-api/mailer.h"
 #include "portal/portal.h"
 #include "core/log.h"
 #include "core/tokens.h"
@@ -288,6 +289,20 @@ int main(int argc, char **argv) {
     rc = fail(&p, TG_ECONFIG);
     goto out;
   }
+  const char *mfrom = tg_config_str(cfg, "mail_from"), *helo = tg_config_str(cfg, "mail_helo");
+  if (strlen(mfrom) > 254 || !strchr(mfrom, '@') || strpbrk(mfrom, " <>\"\\,;()") ||
+      !tg_utf8_valid(mfrom, strlen(mfrom), false) || strpbrk(mfrom, "\r\n\t")) {
+    tg_problem_set(&p, TG_ECONFIG, "mail_from", "must be a plain address like portal@example.com");
+    rc = fail(&p, TG_ECONFIG);
+    goto out;
+  }
+  if (!*helo || strlen(helo) > 253 ||
+      strspn(helo, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") !=
+          strlen(helo)) {
+    tg_problem_set(&p, TG_ECONFIG, "mail_helo", "must be a host name");
+    rc = fail(&p, TG_ECONFIG);
+    goto out;
+  }
   if (cli.check_config) {
     tg_config_dump(cfg, stdout);
     rc = EXIT_SUCCESS;
@@ -412,6 +427,7 @@ int main(int argc, char **argv) {
            NULL);
   }
   compactor_start(&srv);
+  adm_mailer_start(&srv);
 
   for (;;) {
     int sig = 0;
@@ -427,6 +443,7 @@ int main(int argc, char **argv) {
   if (portal_on)
     portal_stop(&portal, tg_config_int(cfg, "drain_timeout"));
   adm_stop(&srv, tg_config_int(cfg, "drain_timeout"));
+  adm_mailer_stop();
   compactor_stop();
   tg_log(TG_LOG_INFO, "stopped", NULL);
   rc = EXIT_SUCCESS;

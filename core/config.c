@@ -347,6 +347,58 @@ const tg_cfg_key_t tg_config_keys[] = {
         .max = 100000,
         .help = "sign-ups and reset requests per client address per hour (each may send mail)",
     },
+    /* tollgate-server: delivering the portal's mail outbox */
+    {
+        .name = "mail_smtp_host",
+        .type = TG_CFG_STRING,
+        .def = "",
+        .help = "SMTP relay that delivers the portal's mail (empty: mail stays in the outbox, "
+                "listed by the admin API at GET /mail)",
+    },
+    {
+        .name = "mail_smtp_port",
+        .type = TG_CFG_INT,
+        .def = "25",
+        .min = 1,
+        .max = 65535,
+        .help = "the SMTP relay's port",
+    },
+    {
+        .name = "mail_from",
+        .type = TG_CFG_STRING,
+        .def = "portal@localhost",
+        .help = "the sender address of the portal's mail",
+    },
+    {
+        .name = "mail_helo",
+        .type = TG_CFG_STRING,
+        .def = "localhost",
+        .help = "the name tollgate-server gives in EHLO, and in Message-IDs",
+    },
+    {
+        .name = "mail_interval",
+        .type = TG_CFG_DURATION,
+        .def = "2s",
+        .min = 100,
+        .max = 3600000,
+        .help = "how often queued mail is handed to the relay",
+    },
+    {
+        .name = "mail_timeout",
+        .type = TG_CFG_DURATION,
+        .def = "10s",
+        .min = 100,
+        .max = 300000,
+        .help = "how long the relay may take to answer one step of SMTP",
+    },
+    {
+        .name = "mail_max_attempts",
+        .type = TG_CFG_INT,
+        .def = "10",
+        .min = 1,
+        .max = 1000,
+        .help = "deliveries tried (one per mail_interval) before a message is marked failed",
+    },
     /* tollgate-gateway */
     {
         .name = "gateway_listen",
