@@ -91,86 +91,9 @@ const char *portal_cookie(portal_req_t *r, const char *name) {
   return MHD_lookup_connection_value(r->conn, MHD_COOKIE_KIND, name);
 }
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
-/* Decode one application/x-www-form-urlencoded name or value (WHATWG URL,
- * "application/x-www-form-urlencoded parsing") into a new string; NULL
- * when malformed (a bad %XX, bytes that are not UTF-8, control characters
- * other than tab and line ends). */
-static char *form_decode(const char *s, size_t len) {
-  char *out = malloc(len + 1);
-  size_t n = 0;
-  if (!out)
-    return NULL;
-  for (size_t i = 0; i < len; i++) {
-    if (s[i] == '+') {
-      out[n++] = ' ';
-    } else if (s[i] == '%') {
-      int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
-      int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
-      if (hi < 0 || lo < 0) {
-        free(out);
-        return NULL;
-      }
-      out[n++] = (char)(hi * 16 + lo);
-      i += 2;
-    } else {
-      out[n++] = s[i];
-    }
-  }
-  out[n] = '\0';
-  if (!tg_utf8_valid(out, n, false)) {
-    free(out);
-    return NULL;
-  }
-  return out;
-}
-
-/* Parse the collected body as a form. Sets form_bad on anything odd:
- * malformed encoding, too many fields, a name given twice. */
+/* Parse the collected body as a form (form.c); form_bad on anything odd. */
 static void parse_form(portal_req_t *r) {
-  const char *s = r->body ? r->body : "";
-  size_t len = r->body_len;
-  size_t i = 0;
-  while (i < len) {
-    const char *amp = memchr(s + i, '&', len - i);
-    size_t end = amp ? (size_t)(amp - s) : len;
-    if (end > i) {
-      const char *eq = memchr(s + i, '=', end - i);
-      size_t nend = eq ? (size_t)(eq - s) : end;
-      if (r->nfields == PORTAL_MAX_FIELDS) {
-        r->form_bad = true;
-        return;
-      }
-      char *name = form_decode(s + i, nend - i);
-      char *value = eq ? form_decode(eq + 1, end - nend - 1) : strdup("");
-      if (!name || !value || !*name) {
-        free(name);
-        free(value);
-        r->form_bad = true;
-        return;
-      }
-      for (int k = 0; k < r->nfields; k++)
-        if (strcmp(r->fields[k].name, name) == 0) {
-          free(name);
-          free(value);
-          r->form_bad = true;
-          return;
-        }
-      r->fields[r->nfields].name = name;
-      r->fields[r->nfields].value = value;
-      r->nfields++;
-    }
-    i = end + 1;
-  }
+  r->form_bad = !portal_form_parse(r->body, r->body_len, r->fields, PORTAL_MAX_FIELDS, &r->nfields);
 }
 
 /* ---- responses --------------------------------------------------------------------- */

@@ -366,17 +366,6 @@ static void start_session(portal_req_t *r, const char *dev_id) {
   sodium_memzero(token, sizeof(token));
 }
 
-/* A local path to go to after sign-in, or NULL: only "/x..." paths, never
- * "//host" or "/\host" (open redirect). */
-static const char *safe_next(const char *next) {
-  if (!next || next[0] != '/' || next[1] == '/' || next[1] == '\\' || strlen(next) > 512)
-    return NULL;
-  for (const char *c = next; *c; c++)
-    if ((unsigned char)*c < 0x21 || *c == 0x7f || *c == '\\')
-      return NULL;
-  return next;
-}
-
 /* ---- public pages ------------------------------------------------------------------------ */
 
 static void h_health(portal_req_t *r) {
@@ -556,9 +545,9 @@ static void h_signup(portal_req_t *r) {
 
 static json_t *login_ctx(portal_req_t *r) {
   json_t *ctx = page_ctx(r, "Sign in");
-  const char *next = safe_next(portal_field(r, "next"));
+  const char *next = portal_safe_next(portal_field(r, "next"));
   if (!next)
-    next = safe_next(portal_query(r, "next"));
+    next = portal_safe_next(portal_query(r, "next"));
   json_object_set_new(ctx, "values", json_pack("{s:s}", "email", portal_field(r, "email")));
   if (next)
     json_object_set_new(ctx, "next", json_string(next));
@@ -633,7 +622,7 @@ static void h_login(portal_req_t *r) {
   } else {
     tg_throttle_clear(r->srv->throttle, acct);
     start_session(r, str(dev, "id"));
-    const char *next = safe_next(portal_field(r, "next"));
+    const char *next = portal_safe_next(portal_field(r, "next"));
     portal_redirect(r, next ? next : "/dashboard");
   }
   json_decref(dev);
@@ -1597,42 +1586,6 @@ void portal_routes_print(FILE *out) {
             routes[i].flags & AUTH ? " (signed in)" : "");
 }
 
-/* Match path against pattern; {x} takes one non-empty segment. */
-static bool match(const char *pattern, const char *path, char *params[PORTAL_MAX_PARAMS]) {
-  int np = 0;
-  const char *p = pattern, *s = path;
-  while (*p && *s) {
-    if (*p == '{') {
-      const char *close = strchr(p, '}');
-      const char *seg_end = s;
-      while (*seg_end && *seg_end != '/')
-        seg_end++;
-      /* "/apis/{slug}/openapi.json": a segment ends at '/' only */
-      if (seg_end == s || np == PORTAL_MAX_PARAMS)
-        goto fail;
-      params[np] = strndup(s, (size_t)(seg_end - s));
-      if (!params[np])
-        goto fail;
-      np++;
-      p = close + 1;
-      s = seg_end;
-      continue;
-    }
-    if (*p != *s)
-      goto fail;
-    p++;
-    s++;
-  }
-  if (*p == '\0' && *s == '\0')
-    return true;
-fail:
-  for (int i = 0; i < np; i++) {
-    free(params[i]);
-    params[i] = NULL;
-  }
-  return false;
-}
-
 /* The visitor cookie that anonymous forms' CSRF tokens are bound to. */
 static void visitor_binding(portal_req_t *r, char *binding, size_t cap) {
   const char *v = portal_cookie(r, COOKIE_VISITOR);
@@ -1665,7 +1618,7 @@ void portal_dispatch(portal_req_t *r) {
   bool path_known = false;
   for (size_t i = 0; i < NROUTES && !route; i++) {
     char *params[PORTAL_MAX_PARAMS] = {0};
-    if (!match(routes[i].pattern, r->path, params))
+    if (!portal_path_match(routes[i].pattern, r->path, params, PORTAL_MAX_PARAMS))
       continue;
     path_known = true;
     if (strcmp(routes[i].method, method) == 0) {
@@ -1703,7 +1656,7 @@ void portal_dispatch(portal_req_t *r) {
       bool get = false, post = false;
       for (size_t i = 0; i < NROUTES; i++) {
         char *params[PORTAL_MAX_PARAMS] = {0};
-        if (!match(routes[i].pattern, r->path, params))
+        if (!portal_path_match(routes[i].pattern, r->path, params, PORTAL_MAX_PARAMS))
           continue;
         get |= strcmp(routes[i].method, "GET") == 0;
         post |= strcmp(routes[i].method, "POST") == 0;

@@ -35,6 +35,7 @@
 #include "core/store.h"
 #include "core/throttle.h"
 #include "core/tmpl.h"
+#include "portal/form.h"
 
 #define PORTAL_MAX_HEADERS 8
 #define PORTAL_MAX_PARAMS  3
@@ -71,10 +72,6 @@ typedef struct portal_server {
   tg_store_t *stores[PORTAL_MAX_STORES];
   int nstores;
 } portal_server_t;
-
-typedef struct portal_field {
-  char *name, *value; /* decoded, NUL-terminated; one allocation each */
-} portal_field_t;
 
 typedef struct portal_header {
   const char *name; /* static */
