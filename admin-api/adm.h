@@ -43,6 +43,7 @@ typedef struct adm_server {
   pthread_mutex_t stores_lock;
   tg_store_t *stores[ADM_MAX_STORES];
   int nstores;
+  char portal_url[512]; /* the portal's public URL, for links in mail ("" until it starts) */
 } adm_server_t;
 
 typedef struct adm_header {

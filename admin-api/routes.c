@@ -22,6 +22,7 @@
 #include <strings.h>
 
 #include "admin-api/adm.h"
+#include "core/accounts.h"
 #include "core/report.h"
 #include "admin-api/openapi.h"
 #include "core/config_io.h"
@@ -538,6 +539,11 @@ static void h_action(adm_req_t *r, const route_t *rt) {
     rc = tg_subscription_transition(r->store, id, rt->arg, &row, &p);
   else
     rc = tg_key_revoke(r->store, id, &row, &p);
+  /* an approval is news for the developer: mail them (same transaction) */
+  if (!rc && strcmp(rt->arg, "approve") == 0)
+    rc = rt->ent == TG_ENT_DEVELOPER
+             ? tg_mail_developer_approved(r->store, row, r->srv->portal_url, &p)
+             : tg_mail_subscription_approved(r->store, row, r->srv->portal_url, &p);
   if (rc) {
     adm_fail(r, rc, &p);
     goto out;

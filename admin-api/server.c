@@ -169,6 +169,24 @@ out:
   return buf;
 }
 
+/* A listening TCP socket on addr; *port gets the port bound (addr is
+ * updated with it). -1 with p filled on failure. */
+static int listen_on(struct sockaddr *addr, unsigned addrlen, int *port, tg_problem_t *p) {
+  int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1;
+  socklen_t len = addrlen;
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) ||
+      (addr->sa_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on))) ||
+      bind(fd, addr, addrlen) || listen(fd, 511) || getsockname(fd, addr, &len)) {
+    tg_problem_set(p, TG_EIO, "portal_listen", "cannot listen: %s", strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  *port = ntohs(addr->sa_family == AF_INET ? ((struct sockaddr_in *)addr)->sin_port
+                                           : ((struct sockaddr_in6 *)addr)->sin6_port);
+  return fd;
+}
+
 static int fail(const tg_problem_t *p, int rc) {
   fprintf(stderr, "tollgate-server: %s%s%s\n", p->field[0] ? p->field : "", p->field[0] ? ": " : "",
           p->detail[0] ? p->detail : tg_strerror(rc));
@@ -369,19 +387,9 @@ int main(int argc, char **argv) {
   unsigned threads = (unsigned)tg_config_int(cfg, "admin_threads");
   if (threads == 0)
     threads = ncpu > 0 ? (unsigned)ncpu : 2;
-  if ((err = adm_start(&srv, (struct sockaddr *)&addr, tls_key, tls_cert, threads, &port, &p))) {
-    rc = fail(&p, err);
-    goto out;
-  }
   char where[64], url[96], ports[16];
-  if (addr.ss_family == AF_INET)
-    ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
-  else
-    ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
-  tg_addr_format((struct sockaddr *)&addr, where);
-  snprintf(url, sizeof(url), "%s://%s", srv.tls ? "https" : "http", where);
-  snprintf(ports, sizeof(ports), "%d", port);
-  tg_log(TG_LOG_INFO, "admin API listening", "url", url, "port", ports, NULL);
+  /* the portal first: its public URL (which needs its port) is in the
+   * mail both daemons write, and must be known before either serves */
   if (portal_on) {
     int pport = 0;
     portal.cfg = cfg;
@@ -399,16 +407,11 @@ int main(int argc, char **argv) {
     unsigned pthreads = (unsigned)tg_config_int(cfg, "portal_threads");
     if (pthreads == 0)
       pthreads = ncpu > 0 ? (unsigned)ncpu : 2;
-    if ((err = portal_start(&portal, (struct sockaddr *)&portal_addr, portal_key, portal_cert,
-                            pthreads, &pport, &p))) {
-      adm_stop(&srv, 0);
-      rc = fail(&p, err);
+    int lfd = listen_on((struct sockaddr *)&portal_addr, portal_addrlen, &pport, &p);
+    if (lfd < 0) {
+      rc = fail(&p, TG_EIO);
       goto out;
     }
-    if (portal_addr.ss_family == AF_INET)
-      ((struct sockaddr_in *)&portal_addr)->sin_port = htons((uint16_t)pport);
-    else
-      ((struct sockaddr_in6 *)&portal_addr)->sin6_port = htons((uint16_t)pport);
     tg_addr_format((struct sockaddr *)&portal_addr, where);
     const char *pub = tg_config_str(cfg, "portal_public_url");
     if (*pub) {
@@ -420,12 +423,33 @@ int main(int argc, char **argv) {
       if (strncmp(host, "0.0.0.0:", 8) == 0 || strncmp(host, "[::]:", 5) == 0)
         snprintf(host, sizeof(host), "127.0.0.1:%d", pport);
       snprintf(portal.public_url, sizeof(portal.public_url), "%s://%s",
-               portal.tls ? "https" : "http", host);
+               portal_key ? "https" : "http", host);
+    }
+    snprintf(srv.portal_url, sizeof(srv.portal_url), "%s", portal.public_url);
+    if ((err = portal_start(&portal, lfd, portal_addr.ss_family == AF_INET6, portal_key,
+                            portal_cert, pthreads, &p))) {
+      close(lfd);
+      rc = fail(&p, err);
+      goto out;
     }
     snprintf(ports, sizeof(ports), "%d", pport);
     tg_log(TG_LOG_INFO, "portal listening", "portal_url", portal.public_url, "portal_port", ports,
            NULL);
   }
+  if ((err = adm_start(&srv, (struct sockaddr *)&addr, tls_key, tls_cert, threads, &port, &p))) {
+    if (portal_on)
+      portal_stop(&portal, 0);
+    rc = fail(&p, err);
+    goto out;
+  }
+  if (addr.ss_family == AF_INET)
+    ((struct sockaddr_in *)&addr)->sin_port = htons((uint16_t)port);
+  else
+    ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
+  tg_addr_format((struct sockaddr *)&addr, where);
+  snprintf(url, sizeof(url), "%s://%s", srv.tls ? "https" : "http", where);
+  snprintf(ports, sizeof(ports), "%d", port);
+  tg_log(TG_LOG_INFO, "admin API listening", "url", url, "port", ports, NULL);
   compactor_start(&srv);
   adm_mailer_start(&srv);
 

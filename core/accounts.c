@@ -139,6 +139,45 @@ int tg_mail_enqueue(tg_store_t *s, const char *dev_id, const char *to, const cha
   return rc;
 }
 
+int tg_mail_developer_approved(tg_store_t *s, const json_t *dev, const char *portal_url,
+                               tg_problem_t *p) {
+  char body[1024];
+  snprintf(body, sizeof(body),
+           "Hello,\n\nyour developer portal account was approved. You can sign in now%s%s%s.\n",
+           *portal_url ? " at " : "", portal_url, *portal_url ? "/login" : "");
+  return tg_mail_enqueue(s, str(dev, "id"), str(dev, "email"), "approval",
+                         "Your developer portal account was approved", body, p);
+}
+
+int tg_mail_subscription_approved(tg_store_t *s, const json_t *sub, const char *portal_url,
+                                  tg_problem_t *p) {
+  json_t *app = NULL, *dev = NULL, *api = NULL, *plan = NULL;
+  char body[1200], subject[300];
+  int rc = tg_store_get(s, TG_ENT_APP, str(sub, "app_id"), &app, p);
+  if (!rc)
+    rc = tg_store_get(s, TG_ENT_DEVELOPER, str(app, "developer_id"), &dev, p);
+  if (!rc)
+    rc = tg_store_get(s, TG_ENT_API, str(sub, "api_id"), &api, p);
+  if (!rc)
+    rc = tg_store_get(s, TG_ENT_PLAN, str(sub, "plan_id"), &plan, p);
+  if (!rc) {
+    snprintf(subject, sizeof(subject), "Your subscription to %.200s was approved",
+             str(api, "name"));
+    snprintf(body, sizeof(body),
+             "Hello,\n\nyour app \"%.200s\" may now call %.200s on the %.200s plan: keys of "
+             "the app work for it from now on.%s%s%s%s\n",
+             str(app, "name"), str(api, "name"), str(plan, "name"),
+             *portal_url ? "\n\nSee it at " : "", portal_url, *portal_url ? "/apps/" : "",
+             *portal_url ? str(app, "id") : "");
+    rc = tg_mail_enqueue(s, str(dev, "id"), str(dev, "email"), "approval", subject, body, p);
+  }
+  json_decref(app);
+  json_decref(dev);
+  json_decref(api);
+  json_decref(plan);
+  return rc;
+}
+
 /* Drop a developer's live tokens of one purpose (a new link replaces the
  * old ones). */
 static int tokens_drop(tg_store_t *s, const char *dev_id, const char *purpose, tg_problem_t *p) {

@@ -189,6 +189,13 @@ bool tg_csrf_check(const tg_secret_t *secret, const char *binding, const char *s
 
 /* ---- mail -------------------------------------------------------------------- */
 
+/* Tell a developer that an operator approved their account, or one of
+ * their subscriptions (sub: its row). portal_url may be "" (no link). */
+int tg_mail_developer_approved(tg_store_t *s, const json_t *dev, const char *portal_url,
+                               tg_problem_t *p);
+int tg_mail_subscription_approved(tg_store_t *s, const json_t *sub, const char *portal_url,
+                                  tg_problem_t *p);
+
 /* Queue a message in the outbox (dev_id may be NULL). */
 int tg_mail_enqueue(tg_store_t *s, const char *dev_id, const char *to, const char *kind,
                     const char *subject, const char *body, tg_problem_t *p);

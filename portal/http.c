@@ -519,8 +519,8 @@ static int load_web(portal_server_t *srv, tg_problem_t *p) {
 
 /* ---- the daemon ------------------------------------------------------------------------ */
 
-int portal_start(portal_server_t *srv, const struct sockaddr *addr, const char *tls_key_pem,
-                 const char *tls_cert_pem, unsigned threads, int *port, tg_problem_t *p) {
+int portal_start(portal_server_t *srv, int lfd, bool ipv6, const char *tls_key_pem,
+                 const char *tls_cert_pem, unsigned threads, tg_problem_t *p) {
   int rc = load_web(srv, p);
   if (rc)
     goto fail;
@@ -530,10 +530,11 @@ int portal_start(portal_server_t *srv, const struct sockaddr *addr, const char *
   }
   /* poll(), not epoll: see adm_start (MHD_quiesce_daemon and epoll) */
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
-  if (addr->sa_family == AF_INET6)
+  if (ipv6)
     flags |= MHD_USE_IPv6;
   if (tls_key_pem)
     flags |= MHD_USE_TLS;
+  srv->tls = tls_key_pem != NULL;
   unsigned timeout_s = (unsigned)((tg_config_int(srv->cfg, "portal_timeout") + 999) / 1000);
   struct MHD_OptionItem tls_opts[] = {
       {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)tls_key_pem},
@@ -542,7 +543,7 @@ int portal_start(portal_server_t *srv, const struct sockaddr *addr, const char *
   };
   srv->daemon = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-      MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, threads,
+      MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd, MHD_OPTION_THREAD_POOL_SIZE, threads,
       MHD_OPTION_CONNECTION_TIMEOUT, timeout_s, MHD_OPTION_CONNECTION_LIMIT,
       (unsigned)tg_config_int(srv->cfg, "portal_max_connections"),
       MHD_OPTION_PER_IP_CONNECTION_LIMIT,
@@ -555,9 +556,6 @@ int portal_start(portal_server_t *srv, const struct sockaddr *addr, const char *
                         "cannot start the portal (address in use, or bad TLS files?)");
     goto fail;
   }
-  const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
-  *port = info ? info->port : 0;
-  srv->tls = tls_key_pem != NULL;
   return TG_OK;
 fail:
   tg_tmpl_free(srv->tmpl);

@@ -152,9 +152,10 @@ void portal_routes_print(FILE *out);
 /* ---- http.c: the daemon --------------------------------------------------------- */
 
 /* Load templates and static files from portal_web_dir and start the
- * daemon on addr. *port gets the bound port. */
-int portal_start(portal_server_t *srv, const struct sockaddr *addr, const char *tls_key_pem,
-                 const char *tls_cert_pem, unsigned threads, int *port, tg_problem_t *p);
+ * daemon on the listening socket lfd (taken over on success; ipv6: its
+ * family). srv->public_url must be set. */
+int portal_start(portal_server_t *srv, int lfd, bool ipv6, const char *tls_key_pem,
+                 const char *tls_cert_pem, unsigned threads, tg_problem_t *p);
 /* Stop accepting, let in-flight requests finish (up to drain_ms), stop. */
 void portal_stop(portal_server_t *srv, int64_t drain_ms);
 

@@ -53,7 +53,7 @@ class Box:
         deadline = time.time() + 10
         while time.time() < deadline:
             self.log.seek(0)
-            m = re.search(r'port=(\d+)', self.log.read())
+            m = re.search(r'\bport=(\d+)', self.log.read())
             if m:
                 return int(m.group(1))
             if self.proc.poll() is not None:
