@@ -140,6 +140,7 @@ static int cmd_status(const tg_config_t *cfg, int argc, char **argv) {
       {TG_ENT_APP, "apps"},         {TG_ENT_SUBSCRIPTION, "subscriptions"},
       {TG_ENT_KEY, "keys"},         {TG_ENT_ADMIN_TOKEN, "admin_tokens"},
       {TG_ENT_SESSION, "sessions"}, {TG_ENT_AUDIT, "audit_log"},
+      {TG_ENT_MAIL, "mail_outbox"},
   };
   tg_problem_t p = {0};
   tg_store_t *s = NULL;

@@ -184,7 +184,7 @@ def test_status_after_migrate(c):
     has(r.out, "schema         %d (latest %d)" % (n, n), "status schema line (exact)", r)
     has_re(r.out, r"^database\s+" + re.escape(c.db) + r"$", "status database line", r, re.M)
     for label in ("apis", "targets", "plans", "developers", "apps", "subscriptions", "keys",
-                  "admin_tokens", "sessions", "audit_log"):
+                  "admin_tokens", "sessions", "audit_log", "mail_outbox"):
         has_re(r.out, r"^%s\s+0$" % label, "status count of %s" % label, r, re.M)
     eq(r.err, "", "status stderr")
     # counts follow the data
