@@ -344,6 +344,7 @@ int tg_account_signup(tg_store_t *s, const tg_account_env_t *env, tg_signup_mode
   }
   if (rc != TG_ENOTFOUND)
     goto out;
+  tg_problem_clear(p); /* a free address is no problem */
   f = json_pack("{s:s, s:s, s:s, s:s, s:b}", "email", email, "name", name, "password_hash", hash,
                 "status", mode == TG_SIGNUP_APPROVAL ? "pending" : "active", "email_verified", 0);
   if (!f) {
@@ -389,13 +390,13 @@ int tg_account_login(tg_store_t *s, const tg_account_env_t *env, bool verify_mod
   if (rc == TG_ENOTFOUND) {
     spend_like_verify(password);
     rc = TG_EAUTH;
-  }
-  if (rc == TG_EAUTH)
-    tg_problem_clear(p); /* one answer for every cause */
-  else if (rc == TG_OK && tg_password_verify(hash, password, pwlen, &rehash) != TG_OK) {
+  } else if (rc == TG_OK && tg_password_verify(hash, password, pwlen, &rehash) != TG_OK) {
     rc = TG_EAUTH;
   }
   if (rc == TG_EAUTH) {
+    /* one answer for all: drop what the lookup said ("no developer with
+     * this email"), or it would be the answer (tg_problem_set keeps the first) */
+    tg_problem_clear(p);
     tg_problem_set(p, TG_EAUTH, "password", "Email or password is wrong.");
     goto out;
   }
@@ -619,7 +620,10 @@ int tg_session_lookup(tg_store_t *s, const tg_account_env_t *env, const tg_sessi
       tg_store_delete(s, TG_ENT_SESSION, str(ses, "id"), 0, &ignore);
     goto out;
   }
-  if (env->now - seen >= TOUCH_EVERY) {
+  /* at most once a minute, and at least every idle/60 s: a stale last_seen_at
+   * would end a session that was used within its idle time (idle 1m) */
+  int64_t every = lim->idle / 60 < TOUCH_EVERY ? lim->idle / 60 : TOUCH_EVERY;
+  if (env->now - seen >= every) {
     json_t *ch = json_pack("{s:I}", "last_seen_at", (json_int_t)env->now);
     if (ch)
       tg_store_update(s, TG_ENT_SESSION, str(ses, "id"), ch, false, 0, NULL, &ignore);

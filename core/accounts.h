@@ -166,8 +166,9 @@ int tg_session_create(tg_store_t *s, const tg_account_env_t *env, const tg_sessi
  * The live session of a cookie value: TG_OK with *session and *dev (new
  * references), or TG_EAUTH when the token is malformed, unknown, idle or
  * past its absolute end, or its developer is no longer active (the stale
- * row is deleted). Refreshes last_seen_at at most once a minute, so a
- * page view is a read, not a write.
+ * row is deleted). Refreshes last_seen_at at most once a minute (and at
+ * least every idle/60 seconds, so the idle timeout holds to 1/60), so a
+ * page view is mostly a read, not a write.
  */
 int tg_session_lookup(tg_store_t *s, const tg_account_env_t *env, const tg_session_limits_t *lim,
                       const char *token, json_t **session, json_t **dev, tg_problem_t *p);

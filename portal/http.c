@@ -45,11 +45,9 @@
   "img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "             \
   "form-action 'self'"
 
-/* ---- per-thread store connections and output buffers --------------------------- */
+/* ---- per-thread store connections ----------------------------------------------- */
 
 static _Thread_local tg_store_t *thread_store;
-static _Thread_local tg_tmpl_out_t thread_out;
-static _Thread_local bool thread_out_ready;
 
 tg_store_t *portal_thread_store(portal_server_t *srv, tg_problem_t *p) {
   if (thread_store)
@@ -148,26 +146,27 @@ void portal_raw(portal_req_t *r, int status, const char *type, const char *data,
 void portal_page(portal_req_t *r, int status, const char *name, json_t *ctx) {
   tg_problem_t p = {0};
   json_t *c = ctx ? json_incref(ctx) : json_object();
-  if (!thread_out_ready) {
-    tg_tmpl_out_init(&thread_out, 0);
-    thread_out_ready = true;
-  }
-  tg_tmpl_out_reset(&thread_out);
+  /* one buffer per page, not per thread: MHD's threads end without a
+   * destructor for thread-locals (a leak at every stop) */
+  tg_tmpl_out_t out;
+  tg_tmpl_out_init(&out, 0);
   if (c && r->dev) {
     json_object_set_new(c, "signed_in", json_true());
     json_object_set(c, "me", r->dev);
   }
   if (c)
     json_object_set_new(c, "csrf", json_string(r->csrf));
-  if (!c || tg_tmpl_render(r->srv->tmpl, name, c, &thread_out, &p) != TG_OK) {
+  if (!c || tg_tmpl_render(r->srv->tmpl, name, c, &out, &p) != TG_OK) {
     tg_log(TG_LOG_ERROR, "portal page failed to render", "template", name, "error", p.detail,
            "request_id", r->request_id, NULL);
     json_decref(c);
+    tg_tmpl_out_dispose(&out);
     portal_raw(r, 500, "text/plain; charset=utf-8", "Internal error\n", 15);
     return;
   }
   json_decref(c);
-  portal_raw(r, status, "text/html; charset=utf-8", thread_out.data, thread_out.len);
+  portal_raw(r, status, "text/html; charset=utf-8", out.data, out.len);
+  tg_tmpl_out_dispose(&out);
 }
 
 void portal_message(portal_req_t *r, int status, const char *title, const char *text) {

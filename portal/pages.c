@@ -511,6 +511,10 @@ static void h_signup(portal_req_t *r) {
   tg_account_env_t env = env_of(r);
   tg_signup_result_t result = TG_SIGNUP_CHECK_MAIL;
   json_t *dev = NULL;
+  if (r->dev) { /* signed in: no second account under this session */
+    portal_redirect(r, "/dashboard");
+    return;
+  }
   if (mail_throttled(r, "signup"))
     return;
   int rc = tx_begin(r, &p);
@@ -1692,8 +1696,10 @@ void portal_dispatch(portal_req_t *r) {
   }
   if (strcmp(method, "POST") == 0) {
     const char *ctype = portal_header_in(r, "Content-Type");
+    /* the media type, then only parameters (RFC 9110, 8.3.1): not "...urlencodedX" */
     if (r->body_len > 0 &&
-        (!ctype || strncasecmp(ctype, "application/x-www-form-urlencoded", 33) != 0)) {
+        (!ctype || strncasecmp(ctype, "application/x-www-form-urlencoded", 33) != 0 ||
+         (ctype[33] && !strchr("; \t", ctype[33])))) {
       portal_message(r, 415, "Unsupported form",
                      "Forms are sent as application/x-www-form-urlencoded.");
       return;

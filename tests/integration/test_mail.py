@@ -169,7 +169,7 @@ class Platform:
             time.sleep(0.05)
         raise AssertionError("no mail %s; outbox: %r" % (what, self.mail()))
 
-    def signup(self, email):
+    def signup(self, email, want=200):
         """Sign up through the portal, as a browser would."""
         c = http.client.HTTPConnection("127.0.0.1", self.portal, timeout=10)
         c.request("GET", "/signup")
@@ -185,7 +185,10 @@ class Platform:
         r = c.getresponse()
         text = r.read().decode()
         c.close()
-        assert r.status == 200 and "Check your email" in text, (r.status, text[:500])
+        assert r.status == want, (r.status, text[:500])
+        if want == 200:
+            assert "Check your email" in text, text[:500]
+        return r
 
     def insert(self, to, body, kind="notice"):
         """A message written straight into the outbox."""
@@ -300,6 +303,21 @@ def test_without_smtp_mail_stays_in_the_outbox():
         assert status == 404, status
         status, page = p.admin_get("/mail?kind=verify&status=queued")
         assert status == 200 and [m["id"] for m in page["data"]] == [rows[0]["id"]], page
+    finally:
+        p.stop()
+
+
+def test_mail_per_address_is_limited():
+    """Sign-ups send mail: an address gets portal_mail_per_addr of them per
+    hour, then 429 with Retry-After, and nothing more is queued."""
+    p = Platform(None, "--portal-mail-per-addr", "2")
+    try:
+        p.signup("one@example.com")
+        p.signup("two@example.com")
+        r = p.signup("three@example.com", want=429)
+        wait = int(r.getheader("Retry-After"))
+        assert 3500 <= wait <= 3600, wait
+        assert [m["to_addr"] for m in p.mail()] == ["one@example.com", "two@example.com"], p.mail()
     finally:
         p.stop()
 

@@ -25,3 +25,24 @@ document.addEventListener('click', function (e) {
     done(ok);
   }
 });
+// The API reference: RapiDoc renders the document in a <main> of its own,
+// inside its shadow root and so inside the page's <main>: a second main
+// landmark for screen readers (axe: landmark-no-duplicate-main). Make every
+// <main> it renders a named region instead.
+(function () {
+  var doc = document.querySelector('rapi-doc');
+  if (!doc || !window.customElements || !window.MutationObserver) return;
+  customElements.whenDefined('rapi-doc').then(function () {
+    var root = doc.shadowRoot;
+    if (!root) return;
+    function demote() {
+      var mains = root.querySelectorAll('main:not([role])');
+      for (var i = 0; i < mains.length; i++) {
+        mains[i].setAttribute('role', 'region');
+        mains[i].setAttribute('aria-label', 'API reference');
+      }
+    }
+    new MutationObserver(demote).observe(root, {childList: true, subtree: true});
+    demote();
+  });
+})();
