@@ -21,35 +21,23 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/httpd.h"
 #include "core/idempotency.h"
 #include "core/keys.h"
 #include "core/store.h"
 
-#define ADM_MAX_STORES     512 /* one per worker thread */
-#define ADM_MAX_HEADERS    8   /* extra response headers */
-#define ADM_MAX_PARAMS     3   /* {placeholders} in one route */
+#define ADM_MAX_PARAMS     3 /* {placeholders} in one route */
 #define ADM_REQUEST_ID_MAX 64
 
 typedef struct adm_server {
   const tg_config_t *cfg;
   tg_secret_t secret;
-  tg_store_options_t store_opt;
+  tg_httpd_t httpd; /* daemon, worker store connections, in-flight count */
   size_t max_body;
-  struct MHD_Daemon *daemon;
-  atomic_int inflight;
-  bool tls;
   pthread_mutex_t write_lock; /* one writer at a time: waiting here is
                                  cheaper than SQLite's busy back-off */
-  pthread_mutex_t stores_lock;
-  tg_store_t *stores[ADM_MAX_STORES];
-  int nstores;
-  char portal_url[512]; /* the portal's public URL, for links in mail ("" until it starts) */
+  char portal_url[512];       /* the portal's public URL, for links in mail ("" until it starts) */
 } adm_server_t;
-
-typedef struct adm_header {
-  const char *name; /* static */
-  char *value;      /* malloc'd */
-} adm_header_t;
 
 typedef struct adm_req {
   adm_server_t *srv;
@@ -58,21 +46,17 @@ typedef struct adm_req {
   const char *path;
   char request_id[ADM_REQUEST_ID_MAX + 1];
   int64_t started_ms;
-  char *body;
-  size_t body_len, body_cap;
-  bool too_big;
-  size_t discarded;  /* body bytes dropped after too_big */
-  tg_store_t *store; /* this thread's connection */
-  json_t *token;     /* the authenticated admin token's row */
-  const char *actor; /* token name, for the audit log */
+  tg_httpd_body_t in; /* the request body, at most max_body */
+  tg_store_t *store;  /* this thread's connection */
+  json_t *token;      /* the authenticated admin token's row */
+  const char *actor;  /* token name, for the audit log */
   char *params[ADM_MAX_PARAMS];
   /* response */
   int status;
   char *resp_body;
   size_t resp_len;
   const char *resp_type;
-  adm_header_t headers[ADM_MAX_HEADERS];
-  int nheaders;
+  tg_httpd_headers_t hdrs; /* extra response headers */
   bool responded;
   /* a streamed response (adm_stream), with its own store connection */
   struct tg_report *stream;

@@ -31,25 +31,8 @@
 
 /* ---- per-thread store connections ----------------------------------------- */
 
-static _Thread_local tg_store_t *thread_store;
-
 tg_store_t *adm_thread_store(adm_server_t *srv, tg_problem_t *p) {
-  if (thread_store)
-    return thread_store;
-  tg_store_t *s = NULL;
-  if (tg_store_open(&srv->store_opt, &s, NULL, NULL, p))
-    return NULL;
-  pthread_mutex_lock(&srv->stores_lock);
-  if (srv->nstores == ADM_MAX_STORES) {
-    pthread_mutex_unlock(&srv->stores_lock);
-    tg_store_close(s);
-    tg_problem_set(p, TG_ESTORE, "", "too many store connections");
-    return NULL;
-  }
-  srv->stores[srv->nstores++] = s;
-  pthread_mutex_unlock(&srv->stores_lock);
-  thread_store = s;
-  return s;
+  return tg_httpd_thread_store(&srv->httpd, p);
 }
 
 /* ---- responses -------------------------------------------------------------- */
@@ -61,12 +44,6 @@ static void reset_response(adm_req_t *r) {
   free(r->resp_body);
   r->resp_body = NULL;
   r->resp_len = 0;
-}
-
-static void free_headers(adm_req_t *r) {
-  for (int i = 0; i < r->nheaders; i++)
-    free(r->headers[i].value);
-  r->nheaders = 0;
 }
 
 void adm_raw(adm_req_t *r, int status, const char *type, const char *data, size_t len) {
@@ -108,19 +85,10 @@ void adm_no_content(adm_req_t *r) {
 }
 
 void adm_header(adm_req_t *r, const char *name, const char *fmt, ...) {
-  char value[2048];
   va_list ap;
-  if (r->nheaders == ADM_MAX_HEADERS)
-    return;
   va_start(ap, fmt);
-  vsnprintf(value, sizeof(value), fmt, ap);
+  tg_httpd_header_vadd(&r->hdrs, name, fmt, ap);
   va_end(ap);
-  char *copy = strdup(value);
-  if (!copy)
-    return;
-  r->headers[r->nheaders].name = name;
-  r->headers[r->nheaders].value = copy;
-  r->nheaders++;
 }
 
 void adm_problem(adm_req_t *r, int status, const char *slug, const char *title,
@@ -134,16 +102,16 @@ void adm_problem(adm_req_t *r, int status, const char *slug, const char *title,
   /* headers of a success (ETag, Location, Link) must not ride on an
    * error; Allow, WWW-Authenticate and Retry-After belong to it */
   int kept = 0;
-  for (int i = 0; i < r->nheaders; i++) {
-    const char *n = r->headers[i].name;
+  for (int i = 0; i < r->hdrs.n; i++) {
+    const char *n = r->hdrs.h[i].name;
     bool success_only = strcmp(n, "Location") == 0 || strcmp(n, "Link") == 0 ||
                         (strcmp(n, "ETag") == 0 && status != 412); /* 412 says what is current */
     if (success_only)
-      free(r->headers[i].value);
+      free(r->hdrs.h[i].value);
     else
-      r->headers[kept++] = r->headers[i];
+      r->hdrs.h[kept++] = r->hdrs.h[i];
   }
-  r->nheaders = kept;
+  r->hdrs.n = kept;
   json_t *doc =
       json_pack("{s:s, s:s, s:i, s:s, s:s, s:s}", "type", type, "title", title, "status", status,
                 "detail", detail, "instance", r->path ? r->path : "", "request_id", r->request_id);
@@ -226,17 +194,18 @@ json_t *adm_body_object(adm_req_t *r, bool merge_patch) {
                 merge_patch ? " or application/merge-patch+json" : "", ct ? ct : "none");
     return NULL;
   }
-  if (r->body_len == 0) {
+  if (r->in.len == 0) {
     adm_problem(r, 400, "malformed-json", "The body is not valid JSON", NULL,
                 "the request has no body");
     return NULL;
   }
   json_error_t e;
-  json_t *v = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &e);
-  if (v && e.position < (int)r->body_len) {
+  json_t *v =
+      json_loadb(r->in.data, r->in.len, JSON_REJECT_DUPLICATES | JSON_DISABLE_EOF_CHECK, &e);
+  if (v && e.position < (int)r->in.len) {
     /* JSON_DISABLE_EOF_CHECK stops after the value; only whitespace may follow */
-    for (size_t i = (size_t)e.position; i < r->body_len; i++)
-      if (!strchr(" \t\r\n", r->body[i])) {
+    for (size_t i = (size_t)e.position; i < r->in.len; i++)
+      if (!strchr(" \t\r\n", r->in.data[i])) {
         json_decref(v);
         adm_problem(r, 400, "malformed-json", "The body is not valid JSON", NULL,
                     "unexpected data after the JSON value at byte %zu", i);
@@ -321,7 +290,7 @@ void adm_stream(adm_req_t *r, int status, const char *type, struct tg_report *re
 
 tg_store_t *adm_open_store(adm_server_t *srv, tg_problem_t *p) {
   tg_store_t *s = NULL;
-  tg_store_open(&srv->store_opt, &s, NULL, NULL, p);
+  tg_store_open(&srv->httpd.store_opt, &s, NULL, NULL, p);
   return s;
 }
 
@@ -338,8 +307,7 @@ static enum MHD_Result send_response(adm_req_t *r) {
   MHD_add_response_header(resp, "X-Request-Id", r->request_id);
   MHD_add_response_header(resp, "Cache-Control", "no-store");
   MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-  for (int i = 0; i < r->nheaders; i++)
-    MHD_add_response_header(resp, r->headers[i].name, r->headers[i].value);
+  tg_httpd_headers_apply(&r->hdrs, resp);
   enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
   return ret;
@@ -370,61 +338,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r->path = url;
     r->started_ms = tg_now_ms();
     set_request_id(r);
-    atomic_fetch_add(&srv->inflight, 1);
+    atomic_fetch_add(&srv->httpd.inflight, 1);
     *ctx = r;
-    /* A declared length over the limit is refused before a byte is read. */
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-      char *end;
-      errno = 0;
-      unsigned long long n = strtoull(cl, &end, 10);
-      if (errno || *end || n > srv->max_body)
-        r->too_big = true;
-    }
-    if (!r->too_big)
+    /* a declared length over the limit is refused before a byte is read */
+    tg_httpd_body_begin(&r->in, conn, srv->max_body);
+    if (!r->in.too_big)
       return MHD_YES;
   }
-  if (*upload_size > 0 && r->too_big) {
-    /* A chunked body that outgrew the limit: MHD cannot answer before the
-     * upload ends, so the rest is read and dropped (counted, and cut off
-     * with the connection past 4x the limit) and 413 follows. */
-    r->discarded += *upload_size;
-    *upload_size = 0;
-    return r->discarded > 4 * srv->max_body ? MHD_NO : MHD_YES;
-  }
-  if (*upload_size > 0 && !r->too_big) {
-    size_t n = *upload_size;
-    if (n > srv->max_body - r->body_len) {
-      r->too_big = true;
-      free(r->body);
-      r->body = NULL;
-      r->body_len = r->body_cap = 0;
-      r->discarded = n;
-      *upload_size = 0;
-      return MHD_YES;
-    } else {
-      if (r->body_len + n > r->body_cap) {
-        size_t cap = r->body_cap ? r->body_cap : 4096;
-        while (cap < r->body_len + n)
-          cap *= 2;
-        if (cap > srv->max_body)
-          cap = srv->max_body;
-        char *nb = realloc(r->body, cap + 1);
-        if (!nb)
-          return MHD_NO;
-        r->body = nb;
-        r->body_cap = cap;
-      }
-      memcpy(r->body + r->body_len, upload_data, n);
-      r->body_len += n;
-      r->body[r->body_len] = '\0';
-      *upload_size = 0;
-      return MHD_YES;
-    }
-  }
+  if (*upload_size > 0)
+    return tg_httpd_body_add(&r->in, upload_data, upload_size);
   if (r->responded)
     return MHD_YES; /* 413 already queued; MHD discards the rest */
-  if (r->too_big) {
+  if (r->in.too_big) {
     *upload_size = 0;
     adm_problem(r, 413, "payload-too-large", "Request body too large", NULL,
                 "the body exceeds the limit of %zu bytes (admin_max_body)", srv->max_body);
@@ -444,84 +369,38 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
   if (!r)
     return;
   reset_response(r);
-  free_headers(r);
+  tg_httpd_headers_free(&r->hdrs);
   tg_report_close(r->stream);
   tg_store_close(r->stream_store);
-  free(r->body);
+  tg_httpd_body_free(&r->in, false);
   json_decref(r->token);
   for (int i = 0; i < ADM_MAX_PARAMS; i++)
     free(r->params[i]);
   free(r);
   *ctx = NULL;
-  atomic_fetch_sub(&srv->inflight, 1);
-}
-
-static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
-  char msg[512];
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  size_t n = strlen(msg);
-  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-    msg[--n] = '\0';
-  tg_log(TG_LOG_WARN, "libmicrohttpd", "detail", msg, NULL);
+  atomic_fetch_sub(&srv->httpd.inflight, 1);
 }
 
 int adm_start(adm_server_t *srv, const struct sockaddr *addr, const char *tls_key_pem,
               const char *tls_cert_pem, unsigned threads, int *port, tg_problem_t *p) {
-  /* poll(), not epoll: libmicrohttpd 0.9.75's MHD_quiesce_daemon races its
-   * own epoll workers over removing the listen socket and aborts the
-   * process ("Failed to remove listen FD from epoll set", about 1 stop in
-   * 200 here). With poll the workers rebuild their sets every turn, and an
-   * admin API has few connections. */
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
-  if (addr->sa_family == AF_INET6)
-    flags |= MHD_USE_IPv6;
-  if (tls_key_pem)
-    flags |= MHD_USE_TLS;
-  unsigned timeout_s = (unsigned)((tg_config_int(srv->cfg, "admin_timeout") + 999) / 1000);
-  struct MHD_OptionItem tls_opts[] = {
-      {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)tls_key_pem},
-      {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)tls_cert_pem},
-      {MHD_OPTION_END, 0, NULL},
+  tg_httpd_config_t c = {
+      .addr = addr,
+      .lfd = -1,
+      .tls_key_pem = tls_key_pem,
+      .tls_cert_pem = tls_cert_pem,
+      .threads = threads,
+      .timeout_s = (unsigned)((tg_config_int(srv->cfg, "admin_timeout") + 999) / 1000),
+      .max_connections = (unsigned)tg_config_int(srv->cfg, "admin_max_connections"),
+      .per_ip_connections = (unsigned)tg_config_int(srv->cfg, "admin_per_ip_connections"),
+      .listen_key = "admin_listen",
+      .what = "admin API",
+      .on_request = on_request,
+      .on_completed = on_completed,
+      .cls = srv,
   };
-  srv->daemon = MHD_start_daemon(
-      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-      MHD_OPTION_SOCK_ADDR, addr, MHD_OPTION_THREAD_POOL_SIZE, threads,
-      MHD_OPTION_CONNECTION_TIMEOUT, timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-      (unsigned)tg_config_int(srv->cfg, "admin_max_connections"),
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-      (unsigned)tg_config_int(srv->cfg, "admin_per_ip_connections"),
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_ARRAY,
-      tls_key_pem ? tls_opts : &tls_opts[2], MHD_OPTION_END);
-  if (!srv->daemon)
-    return tg_problem_set(p, TG_EIO, "admin_listen",
-                          "cannot start the admin API (address in use, or bad TLS files?)");
-  const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
-  *port = info ? info->port : 0;
-  srv->tls = tls_key_pem != NULL;
-  return TG_OK;
+  return tg_httpd_start(&srv->httpd, &c, port, p);
 }
 
 void adm_stop(adm_server_t *srv, int64_t drain_ms) {
-  if (!srv->daemon)
-    return;
-  /* the listen socket is ours after quiescing, but worker threads may
-   * still hold it in their epoll sets: close it only after they stop */
-  MHD_socket lfd = MHD_quiesce_daemon(srv->daemon);
-  if (lfd != MHD_INVALID_SOCKET)
-    shutdown(lfd, SHUT_RDWR); /* refuse new connections now; fd stays valid */
-  int64_t deadline = tg_now_ms() + drain_ms;
-  while (atomic_load(&srv->inflight) > 0 && tg_now_ms() < deadline) {
-    struct timespec ts = {0, 10 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-  }
-  MHD_stop_daemon(srv->daemon);
-  srv->daemon = NULL;
-  if (lfd != MHD_INVALID_SOCKET)
-    close(lfd);
-  pthread_mutex_lock(&srv->stores_lock);
-  for (int i = 0; i < srv->nstores; i++)
-    tg_store_close(srv->stores[i]);
-  srv->nstores = 0;
-  pthread_mutex_unlock(&srv->stores_lock);
+  tg_httpd_stop(&srv->httpd, drain_ms);
 }

@@ -759,7 +759,7 @@ static void h_key_rotate(adm_req_t *r, const route_t *rt) {
   int64_t grace = 86400;
   if (!cur || !if_match_ok(r, cur))
     goto out;
-  if (r->body_len > 0) {
+  if (r->in.len > 0) {
     if (!(body = adm_body_object(r, false)) || !only_members(r, body, allowed))
       goto out;
     if (json_object_get(body, "grace_seconds") && !optional_int(r, body, "grace_seconds", &grace))
@@ -1125,8 +1125,8 @@ static bool authenticate(adm_req_t *r) {
     return false;
   }
   /* the header served its purpose */
-  free(r->headers[r->nheaders - 1].value);
-  r->nheaders--;
+  free(r->hdrs.h[r->hdrs.n - 1].value);
+  r->hdrs.n--;
   r->actor = str(r->token, "name");
   /* last_used_at to the minute: enough for "is this token still in use?",
    * and at most one small write per token per minute */
@@ -1159,7 +1159,7 @@ static void run_write_locked(adm_req_t *r, const route_t *rt) {
     snprintf(path_query, sizeof(path_query), "%s?dry_run=%s&prune=%s", r->path, dry ? dry : "",
              prune ? prune : "");
     rc = tg_idem_init(&idem, &r->srv->secret, str(r->token, "id"), ikey, r->method, path_query,
-                      r->body ? r->body : "", r->body_len, &p);
+                      r->in.data ? r->in.data : "", r->in.len, &p);
     if (rc) {
       tg_store_rollback(r->store);
       adm_problem(r, 400, "invalid-header", "Invalid header", NULL, "Idempotency-Key %s", p.detail);
@@ -1213,11 +1213,11 @@ static void run_write_locked(adm_req_t *r, const route_t *rt) {
     json_t *body =
         r->resp_body ? json_loadb(r->resp_body, r->resp_len, JSON_DECODE_ANY, NULL) : json_null();
     const char *loc = NULL, *etag = NULL;
-    for (int i = 0; i < r->nheaders; i++) {
-      if (strcmp(r->headers[i].name, "Location") == 0)
-        loc = r->headers[i].value;
-      if (strcmp(r->headers[i].name, "ETag") == 0)
-        etag = r->headers[i].value;
+    for (int i = 0; i < r->hdrs.n; i++) {
+      if (strcmp(r->hdrs.h[i].name, "Location") == 0)
+        loc = r->hdrs.h[i].value;
+      if (strcmp(r->hdrs.h[i].name, "ETag") == 0)
+        etag = r->hdrs.h[i].value;
     }
     json_t *env = json_pack("{s:s, s:s, s:o}", "location", loc ? loc : "", "etag", etag ? etag : "",
                             "body", body ? body : json_null());

@@ -349,13 +349,11 @@ int main(int argc, char **argv) {
 
   srv.cfg = cfg;
   srv.max_body = (size_t)tg_config_int(cfg, "admin_max_body");
-  srv.store_opt.path = tg_config_str(cfg, "db_path");
-  srv.store_opt.busy_timeout_ms = (int)tg_config_int(cfg, "store_busy_timeout");
-  srv.store_opt.mode = TG_STORE_OPEN_MIGRATE;
-  pthread_mutex_init(&srv.stores_lock, NULL);
+  tg_store_options_t sopt = {.path = tg_config_str(cfg, "db_path"),
+                             .busy_timeout_ms = (int)tg_config_int(cfg, "store_busy_timeout"),
+                             .mode = TG_STORE_OPEN_MIGRATE};
   pthread_mutex_init(&srv.write_lock, NULL);
-  atomic_init(&srv.inflight, 0);
-  int err = tg_store_open(&srv.store_opt, &boot, &from, &to, &p);
+  int err = tg_store_open(&sopt, &boot, &from, &to, &p);
   if (!err)
     err = tg_server_secret(boot, getenv("TOLLGATE_SECRET"), tg_config_str(cfg, "secret_file"), true,
                            &srv.secret, &p);
@@ -372,7 +370,8 @@ int main(int argc, char **argv) {
     snprintf(t, sizeof(t), "%d", to);
     tg_log(TG_LOG_INFO, "schema migrated", "from", f, "to", t, NULL);
   }
-  srv.store_opt.mode = TG_STORE_OPEN_CURRENT;
+  sopt.mode = TG_STORE_OPEN_CURRENT; /* workers: the schema is known now */
+  tg_httpd_init(&srv.httpd, &sopt);
 
   /* every thread MHD starts inherits this mask; main takes the signals */
   sigset_t sigs;
@@ -394,16 +393,14 @@ int main(int argc, char **argv) {
     int pport = 0;
     portal.cfg = cfg;
     portal.secret = &srv.secret;
-    portal.store_opt = srv.store_opt;
+    tg_httpd_init(&portal.httpd, &sopt);
     portal.max_body = (size_t)tg_config_int(cfg, "portal_max_body");
     portal.secure_cookies = tg_config_bool(cfg, "portal_secure_cookies");
     portal.session.idle = tg_config_int(cfg, "portal_session_idle") / 1000;
     portal.session.absolute = tg_config_int(cfg, "portal_session_absolute") / 1000;
     snprintf(portal.gateway_url, sizeof(portal.gateway_url), "%s",
              tg_config_str(cfg, "portal_gateway_url"));
-    pthread_mutex_init(&portal.stores_lock, NULL);
     pthread_mutex_init(&portal.write_lock, NULL);
-    atomic_init(&portal.inflight, 0);
     unsigned pthreads = (unsigned)tg_config_int(cfg, "portal_threads");
     if (pthreads == 0)
       pthreads = ncpu > 0 ? (unsigned)ncpu : 2;
@@ -426,8 +423,7 @@ int main(int argc, char **argv) {
                portal_key ? "https" : "http", host);
     }
     snprintf(srv.portal_url, sizeof(srv.portal_url), "%s", portal.public_url);
-    if ((err = portal_start(&portal, lfd, portal_addr.ss_family == AF_INET6, portal_key,
-                            portal_cert, pthreads, &p))) {
+    if ((err = portal_start(&portal, lfd, portal_key, portal_cert, pthreads, &p))) {
       close(lfd);
       rc = fail(&p, err);
       goto out;
@@ -447,7 +443,7 @@ int main(int argc, char **argv) {
   else
     ((struct sockaddr_in6 *)&addr)->sin6_port = htons((uint16_t)port);
   tg_addr_format((struct sockaddr *)&addr, where);
-  snprintf(url, sizeof(url), "%s://%s", srv.tls ? "https" : "http", where);
+  snprintf(url, sizeof(url), "%s://%s", srv.httpd.tls ? "https" : "http", where);
   snprintf(ports, sizeof(ports), "%d", port);
   tg_log(TG_LOG_INFO, "admin API listening", "url", url, "port", ports, NULL);
   compactor_start(&srv);

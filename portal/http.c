@@ -47,25 +47,8 @@
 
 /* ---- per-thread store connections ----------------------------------------------- */
 
-static _Thread_local tg_store_t *thread_store;
-
 tg_store_t *portal_thread_store(portal_server_t *srv, tg_problem_t *p) {
-  if (thread_store)
-    return thread_store;
-  tg_store_t *s = NULL;
-  if (tg_store_open(&srv->store_opt, &s, NULL, NULL, p))
-    return NULL;
-  pthread_mutex_lock(&srv->stores_lock);
-  if (srv->nstores == PORTAL_MAX_STORES) {
-    pthread_mutex_unlock(&srv->stores_lock);
-    tg_store_close(s);
-    tg_problem_set(p, TG_ESTORE, "", "too many store connections");
-    return NULL;
-  }
-  srv->stores[srv->nstores++] = s;
-  pthread_mutex_unlock(&srv->stores_lock);
-  thread_store = s;
-  return s;
+  return tg_httpd_thread_store(&srv->httpd, p);
 }
 
 /* ---- request access -------------------------------------------------------------- */
@@ -91,7 +74,8 @@ const char *portal_cookie(portal_req_t *r, const char *name) {
 
 /* Parse the collected body as a form (form.c); form_bad on anything odd. */
 static void parse_form(portal_req_t *r) {
-  r->form_bad = !portal_form_parse(r->body, r->body_len, r->fields, PORTAL_MAX_FIELDS, &r->nfields);
+  r->form_bad =
+      !portal_form_parse(r->in.data, r->in.len, r->fields, PORTAL_MAX_FIELDS, &r->nfields);
 }
 
 /* ---- responses --------------------------------------------------------------------- */
@@ -104,23 +88,14 @@ static void reset_response(portal_req_t *r) {
 }
 
 void portal_header(portal_req_t *r, const char *name, const char *fmt, ...) {
-  char value[2048];
   va_list ap;
-  if (r->nheaders == PORTAL_MAX_HEADERS)
-    return;
   va_start(ap, fmt);
-  vsnprintf(value, sizeof(value), fmt, ap);
+  tg_httpd_header_vadd(&r->hdrs, name, fmt, ap);
   va_end(ap);
-  char *copy = strdup(value);
-  if (!copy)
-    return;
-  r->headers[r->nheaders].name = name;
-  r->headers[r->nheaders].value = copy;
-  r->nheaders++;
 }
 
 void portal_set_cookie(portal_req_t *r, const char *name, const char *value, int64_t max_age) {
-  bool secure = r->srv->tls || r->srv->secure_cookies;
+  bool secure = r->srv->httpd.tls || r->srv->secure_cookies;
   if (max_age < 0)
     portal_header(r, "Set-Cookie", "%s=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax%s", name,
                   secure ? "; Secure" : "");
@@ -230,11 +205,10 @@ static enum MHD_Result send_response(portal_req_t *r) {
   MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
   MHD_add_response_header(resp, "Cross-Origin-Opener-Policy", "same-origin");
   MHD_add_response_header(resp, "Permissions-Policy", "camera=(), microphone=(), geolocation=()");
-  if (r->srv->tls)
+  if (r->srv->httpd.tls)
     MHD_add_response_header(resp, "Strict-Transport-Security", "max-age=31536000");
   MHD_add_response_header(resp, "X-Request-Id", r->request_id);
-  for (int i = 0; i < r->nheaders; i++)
-    MHD_add_response_header(resp, r->headers[i].name, r->headers[i].value);
+  tg_httpd_headers_apply(&r->hdrs, resp);
   enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->status, resp);
   MHD_destroy_response(resp);
   return ret;
@@ -283,46 +257,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     randombytes_buf(rnd, sizeof(rnd));
     tg_hex_encode(rnd, sizeof(rnd), r->request_id);
     client_address(r);
-    atomic_fetch_add(&srv->inflight, 1);
+    atomic_fetch_add(&srv->httpd.inflight, 1);
     *ctx = r;
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-    if (cl) {
-      char *end;
-      errno = 0;
-      unsigned long long n = strtoull(cl, &end, 10);
-      if (errno || *end || n > srv->max_body)
-        r->too_big = true;
-    }
+    tg_httpd_body_begin(&r->in, conn, srv->max_body);
     return MHD_YES;
   }
-  if (*upload_size > 0) {
-    size_t n = *upload_size;
-    *upload_size = 0;
-    if (r->too_big || n > srv->max_body - r->body_len) {
-      r->too_big = true;
-      r->discarded += n;
-      return r->discarded > 4 * srv->max_body ? MHD_NO : MHD_YES;
-    }
-    if (r->body_len + n > r->body_cap) {
-      size_t cap = r->body_cap ? r->body_cap : 4096;
-      while (cap < r->body_len + n)
-        cap *= 2;
-      if (cap > srv->max_body)
-        cap = srv->max_body;
-      char *nb = realloc(r->body, cap + 1);
-      if (!nb)
-        return MHD_NO;
-      r->body = nb;
-      r->body_cap = cap;
-    }
-    memcpy(r->body + r->body_len, upload_data, n);
-    r->body_len += n;
-    r->body[r->body_len] = '\0';
-    return MHD_YES;
-  }
+  if (*upload_size > 0)
+    return tg_httpd_body_add(&r->in, upload_data, upload_size);
   if (r->responded)
     return MHD_YES;
-  if (r->too_big) {
+  if (r->in.too_big) {
     char text[160];
     snprintf(text, sizeof(text), "The form sent more than %zu bytes, the most this site accepts.",
              srv->max_body);
@@ -345,17 +289,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
   if (!r)
     return;
   reset_response(r);
-  for (int i = 0; i < r->nheaders; i++)
-    free(r->headers[i].value);
+  tg_httpd_headers_free(&r->hdrs);
   for (int i = 0; i < r->nfields; i++) {
     sodium_memzero(r->fields[i].value, strlen(r->fields[i].value));
     free(r->fields[i].name);
     free(r->fields[i].value);
   }
-  if (r->body) {
-    sodium_memzero(r->body, r->body_len); /* passwords */
-    free(r->body);
-  }
+  tg_httpd_body_free(&r->in, true); /* passwords */
   sodium_memzero(r->session_token, sizeof(r->session_token));
   json_decref(r->session);
   json_decref(r->dev);
@@ -363,16 +303,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **ctx,
     free(r->params[i]);
   free(r);
   *ctx = NULL;
-  atomic_fetch_sub(&srv->inflight, 1);
-}
-
-static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
-  char msg[512];
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  size_t n = strlen(msg);
-  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
-    msg[--n] = '\0';
-  tg_log(TG_LOG_WARN, "libmicrohttpd (portal)", "detail", msg, NULL);
+  atomic_fetch_sub(&srv->httpd.inflight, 1);
 }
 
 /* ---- static files ------------------------------------------------------------------ */
@@ -518,8 +449,8 @@ static int load_web(portal_server_t *srv, tg_problem_t *p) {
 
 /* ---- the daemon ------------------------------------------------------------------------ */
 
-int portal_start(portal_server_t *srv, int lfd, bool ipv6, const char *tls_key_pem,
-                 const char *tls_cert_pem, unsigned threads, tg_problem_t *p) {
+int portal_start(portal_server_t *srv, int lfd, const char *tls_key_pem, const char *tls_cert_pem,
+                 unsigned threads, tg_problem_t *p) {
   int rc = load_web(srv, p);
   if (rc)
     goto fail;
@@ -527,34 +458,22 @@ int portal_start(portal_server_t *srv, int lfd, bool ipv6, const char *tls_key_p
     rc = tg_problem_set(p, TG_ENOMEM, "", NULL);
     goto fail;
   }
-  /* poll(), not epoll: see adm_start (MHD_quiesce_daemon and epoll) */
-  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
-  if (ipv6)
-    flags |= MHD_USE_IPv6;
-  if (tls_key_pem)
-    flags |= MHD_USE_TLS;
-  srv->tls = tls_key_pem != NULL;
-  unsigned timeout_s = (unsigned)((tg_config_int(srv->cfg, "portal_timeout") + 999) / 1000);
-  struct MHD_OptionItem tls_opts[] = {
-      {MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)tls_key_pem},
-      {MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)tls_cert_pem},
-      {MHD_OPTION_END, 0, NULL},
+  tg_httpd_config_t c = {
+      .lfd = lfd,
+      .tls_key_pem = tls_key_pem,
+      .tls_cert_pem = tls_cert_pem,
+      .threads = threads,
+      .timeout_s = (unsigned)((tg_config_int(srv->cfg, "portal_timeout") + 999) / 1000),
+      .max_connections = (unsigned)tg_config_int(srv->cfg, "portal_max_connections"),
+      .per_ip_connections = (unsigned)tg_config_int(srv->cfg, "portal_per_ip_connections"),
+      .listen_key = "portal_listen",
+      .what = "developer portal",
+      .on_request = on_request,
+      .on_completed = on_completed,
+      .cls = srv,
   };
-  srv->daemon = MHD_start_daemon(
-      flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-      MHD_OPTION_LISTEN_SOCKET, (MHD_socket)lfd, MHD_OPTION_THREAD_POOL_SIZE, threads,
-      MHD_OPTION_CONNECTION_TIMEOUT, timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-      (unsigned)tg_config_int(srv->cfg, "portal_max_connections"),
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-      (unsigned)tg_config_int(srv->cfg, "portal_per_ip_connections"),
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024, MHD_OPTION_STRICT_FOR_CLIENT, 1,
-      MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_ARRAY,
-      tls_key_pem ? tls_opts : &tls_opts[2], MHD_OPTION_END);
-  if (!srv->daemon) {
-    rc = tg_problem_set(p, TG_EIO, "portal_listen",
-                        "cannot start the portal (address in use, or bad TLS files?)");
+  if ((rc = tg_httpd_start(&srv->httpd, &c, NULL, p)))
     goto fail;
-  }
   return TG_OK;
 fail:
   tg_tmpl_free(srv->tmpl);
@@ -566,25 +485,9 @@ fail:
 }
 
 void portal_stop(portal_server_t *srv, int64_t drain_ms) {
-  if (!srv->daemon)
+  if (!srv->httpd.daemon)
     return;
-  MHD_socket lfd = MHD_quiesce_daemon(srv->daemon);
-  if (lfd != MHD_INVALID_SOCKET)
-    shutdown(lfd, SHUT_RDWR);
-  int64_t deadline = tg_now_ms() + drain_ms;
-  while (atomic_load(&srv->inflight) > 0 && tg_now_ms() < deadline) {
-    struct timespec ts = {0, 10 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-  }
-  MHD_stop_daemon(srv->daemon);
-  srv->daemon = NULL;
-  if (lfd != MHD_INVALID_SOCKET)
-    close(lfd);
-  pthread_mutex_lock(&srv->stores_lock);
-  for (int i = 0; i < srv->nstores; i++)
-    tg_store_close(srv->stores[i]);
-  srv->nstores = 0;
-  pthread_mutex_unlock(&srv->stores_lock);
+  tg_httpd_stop(&srv->httpd, drain_ms);
   tg_tmpl_free(srv->tmpl);
   srv->tmpl = NULL;
   free_files(srv);

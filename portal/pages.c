@@ -1697,7 +1697,7 @@ void portal_dispatch(portal_req_t *r) {
   if (strcmp(method, "POST") == 0) {
     const char *ctype = portal_header_in(r, "Content-Type");
     /* the media type, then only parameters (RFC 9110, 8.3.1): not "...urlencodedX" */
-    if (r->body_len > 0 &&
+    if (r->in.len > 0 &&
         (!ctype || strncasecmp(ctype, "application/x-www-form-urlencoded", 33) != 0 ||
          (ctype[33] && !strchr("; \t", ctype[33])))) {
       portal_message(r, 415, "Unsupported form",

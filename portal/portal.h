@@ -32,15 +32,14 @@
 
 #include "core/accounts.h"
 #include "core/config.h"
+#include "core/httpd.h"
 #include "core/store.h"
 #include "core/throttle.h"
 #include "core/tmpl.h"
 #include "portal/form.h"
 
-#define PORTAL_MAX_HEADERS 8
-#define PORTAL_MAX_PARAMS  3
-#define PORTAL_MAX_FIELDS  32
-#define PORTAL_MAX_STORES  512
+#define PORTAL_MAX_PARAMS 3
+#define PORTAL_MAX_FIELDS 32
 
 /* A static file, read at start and served from memory. */
 typedef struct portal_file {
@@ -54,29 +53,19 @@ typedef struct portal_file {
 typedef struct portal_server {
   const tg_config_t *cfg;
   const tg_secret_t *secret;
-  tg_store_options_t store_opt;
+  tg_httpd_t httpd; /* daemon, worker store connections, in-flight count, tls */
   tg_tmpl_set_t *tmpl;
   portal_file_t *files;
   size_t nfiles;
   size_t max_body;
-  struct MHD_Daemon *daemon;
-  atomic_int inflight;
-  bool tls, secure_cookies;
+  bool secure_cookies;
   tg_signup_mode_t signup;
   tg_session_limits_t session;
   char public_url[512];
   char gateway_url[512];
   tg_throttle_t *throttle;
   pthread_mutex_t write_lock;
-  pthread_mutex_t stores_lock;
-  tg_store_t *stores[PORTAL_MAX_STORES];
-  int nstores;
 } portal_server_t;
-
-typedef struct portal_header {
-  const char *name; /* static */
-  char *value;      /* malloc'd */
-} portal_header_t;
 
 typedef struct portal_req {
   portal_server_t *srv;
@@ -84,11 +73,8 @@ typedef struct portal_req {
   const char *method, *path; /* borrowed from MHD */
   char request_id[40];
   int64_t started_ms;
-  char client[64]; /* the peer address, for throttles and sessions */
-  char *body;
-  size_t body_len, body_cap;
-  bool too_big;
-  size_t discarded;
+  char client[64];    /* the peer address, for throttles and sessions */
+  tg_httpd_body_t in; /* the form body, at most max_body */
   portal_field_t fields[PORTAL_MAX_FIELDS];
   int nfields;
   bool form_bad; /* the body was not a well-formed urlencoded form */
@@ -106,8 +92,7 @@ typedef struct portal_req {
   const portal_file_t *file; /* a static file instead of resp_body */
   bool docs_csp;             /* the API reference page's CSP */
   bool cacheable;            /* static: public caching allowed */
-  portal_header_t headers[PORTAL_MAX_HEADERS];
-  int nheaders;
+  tg_httpd_headers_t hdrs;   /* extra response headers */
   bool responded;
 } portal_req_t;
 
@@ -152,10 +137,10 @@ void portal_routes_print(FILE *out);
 /* ---- http.c: the daemon --------------------------------------------------------- */
 
 /* Load templates and static files from portal_web_dir and start the
- * daemon on the listening socket lfd (taken over on success; ipv6: its
- * family). srv->public_url must be set. */
-int portal_start(portal_server_t *srv, int lfd, bool ipv6, const char *tls_key_pem,
-                 const char *tls_cert_pem, unsigned threads, tg_problem_t *p);
+ * daemon on the listening socket lfd (taken over on success).
+ * srv->httpd must be initialised and srv->public_url set. */
+int portal_start(portal_server_t *srv, int lfd, const char *tls_key_pem, const char *tls_cert_pem,
+                 unsigned threads, tg_problem_t *p);
 /* Stop accepting, let in-flight requests finish (up to drain_ms), stop. */
 void portal_stop(portal_server_t *srv, int64_t drain_ms);
 
