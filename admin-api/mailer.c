@@ -30,19 +30,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin-api/jobs.h"
 #include "core/log.h"
 #include "core/util.h"
 
 #define BATCH     50
 #define REPLY_MAX 4096
-
-static struct {
-  pthread_t thread;
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  bool stop, running;
-  adm_server_t *srv;
-} mailer = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 typedef struct smtp {
   int fd;
@@ -280,7 +273,7 @@ out:
   return rc;
 }
 
-static void deliver_batch(adm_server_t *srv, tg_store_t *s) {
+static void deliver_batch(adm_job_t *job, adm_server_t *srv, tg_store_t *s) {
   const tg_config_t *cfg = srv->cfg;
   tg_filter_t f = {"status", "queued"};
   tg_list_query_t q = {.filters = &f, .nfilters = 1, .limit = BATCH};
@@ -295,10 +288,7 @@ static void deliver_batch(adm_server_t *srv, tg_store_t *s) {
   size_t i;
   json_t *m;
   json_array_foreach(rows, i, m) {
-    pthread_mutex_lock(&mailer.lock);
-    bool stop = mailer.stop;
-    pthread_mutex_unlock(&mailer.lock);
-    if (stop)
+    if (adm_job_stopping(job))
       break;
     smtp_t c = {.fd = -1, .timeout_ms = (int)tg_config_int(cfg, "mail_timeout")};
     int rc = deliver(cfg, m, &c);
@@ -328,53 +318,15 @@ static void deliver_batch(adm_server_t *srv, tg_store_t *s) {
   json_decref(rows);
 }
 
-static void *mailer_main(void *arg) {
-  adm_server_t *srv = arg;
-  int64_t interval = tg_config_int(srv->cfg, "mail_interval");
-  tg_problem_t p = {0};
-  tg_store_t *s = adm_open_store(srv, &p);
-  if (!s) {
-    tg_log(TG_LOG_ERROR, "mail delivery disabled: cannot open the store", "error", p.detail, NULL);
-    return NULL;
-  }
-  pthread_mutex_lock(&mailer.lock);
-  while (!mailer.stop) {
-    pthread_mutex_unlock(&mailer.lock);
-    deliver_batch(srv, s);
-    pthread_mutex_lock(&mailer.lock);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += interval / 1000;
-    ts.tv_nsec += (interval % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000;
-    }
-    while (!mailer.stop && pthread_cond_timedwait(&mailer.cond, &mailer.lock, &ts) == 0)
-      ;
-  }
-  pthread_mutex_unlock(&mailer.lock);
-  tg_store_close(s);
-  return NULL;
-}
+static adm_job_t mailer = {.name = "mail delivery", .run = deliver_batch};
 
 void adm_mailer_start(adm_server_t *srv) {
   if (!*tg_config_str(srv->cfg, "mail_smtp_host"))
     return;
-  mailer.srv = srv;
-  mailer.stop = false;
-  mailer.running = pthread_create(&mailer.thread, NULL, mailer_main, srv) == 0;
-  if (!mailer.running)
-    tg_log(TG_LOG_ERROR, "mail delivery disabled: cannot start its thread", NULL);
+  mailer.interval_ms = tg_config_int(srv->cfg, "mail_interval");
+  adm_job_start(&mailer, srv);
 }
 
 void adm_mailer_stop(void) {
-  if (!mailer.running)
-    return;
-  pthread_mutex_lock(&mailer.lock);
-  mailer.stop = true;
-  pthread_cond_signal(&mailer.cond);
-  pthread_mutex_unlock(&mailer.lock);
-  pthread_join(mailer.thread, NULL);
-  mailer.running = false;
+  adm_job_stop(&mailer);
 }

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "admin-api/adm.h"
+#include "admin-api/jobs.h"
 #include "admin-api/mailer.h"
 #include "portal/portal.h"
 #include "core/log.h"
@@ -41,15 +42,9 @@ extern char **environ;
 
 /* ---- usage compaction: minute rows into hours and days, then retention ---- */
 
-static struct {
-  pthread_t thread;
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  bool stop, running;
-  adm_server_t *srv;
-} compactor = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-
-static void compact_once(tg_store_t *s, const tg_config_t *cfg) {
+/* One run: compact what is due, in short transactions, until caught up. */
+static void compact_run(adm_job_t *job, adm_server_t *srv, tg_store_t *s) {
+  const tg_config_t *cfg = srv->cfg;
   tg_usage_retention_t ret = {tg_config_int(cfg, "usage_keep_minutes") / 1000,
                               tg_config_int(cfg, "usage_keep_hours") / 1000};
   tg_usage_compact_stats_t st;
@@ -70,63 +65,12 @@ static void compact_once(tg_store_t *s, const tg_config_t *cfg) {
       tg_log(TG_LOG_DEBUG, "usage compacted", "hours", h, "days", d, "minute_rows_removed", m,
              "hour_rows_removed", hr, NULL);
     }
-    pthread_mutex_lock(&compactor.lock);
-    bool stop = compactor.stop;
-    pthread_mutex_unlock(&compactor.lock);
-    if (!st.more || stop)
+    if (!st.more || adm_job_stopping(job))
       return;
   }
 }
 
-static void *compactor_main(void *arg) {
-  (void)arg;
-  const tg_config_t *cfg = compactor.srv->cfg;
-  int64_t interval = tg_config_int(cfg, "usage_compact_interval");
-  tg_problem_t p = {0};
-  tg_store_t *s = adm_open_store(compactor.srv, &p);
-  if (!s) {
-    tg_log(TG_LOG_ERROR, "usage compaction disabled: cannot open the store", "error", p.detail,
-           NULL);
-    return NULL;
-  }
-  pthread_mutex_lock(&compactor.lock);
-  while (!compactor.stop) {
-    pthread_mutex_unlock(&compactor.lock);
-    compact_once(s, cfg);
-    pthread_mutex_lock(&compactor.lock);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += interval / 1000;
-    ts.tv_nsec += (interval % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-      ts.tv_sec++;
-      ts.tv_nsec -= 1000000000;
-    }
-    while (!compactor.stop && pthread_cond_timedwait(&compactor.cond, &compactor.lock, &ts) == 0)
-      ;
-  }
-  pthread_mutex_unlock(&compactor.lock);
-  tg_store_close(s);
-  return NULL;
-}
-
-static void compactor_start(adm_server_t *srv) {
-  compactor.srv = srv;
-  compactor.running = pthread_create(&compactor.thread, NULL, compactor_main, NULL) == 0;
-  if (!compactor.running)
-    tg_log(TG_LOG_ERROR, "usage compaction disabled: cannot start its thread", NULL);
-}
-
-static void compactor_stop(void) {
-  if (!compactor.running)
-    return;
-  pthread_mutex_lock(&compactor.lock);
-  compactor.stop = true;
-  pthread_cond_signal(&compactor.cond);
-  pthread_mutex_unlock(&compactor.lock);
-  pthread_join(compactor.thread, NULL);
-  compactor.running = false;
-}
+static adm_job_t compactor = {.name = "usage compaction", .run = compact_run};
 
 /* Read a PEM file (at most PEM_MAX bytes) into a NUL-terminated buffer. */
 static char *read_pem(const char *path, const char *key, tg_problem_t *p) {
@@ -446,7 +390,8 @@ int main(int argc, char **argv) {
   snprintf(url, sizeof(url), "%s://%s", srv.httpd.tls ? "https" : "http", where);
   snprintf(ports, sizeof(ports), "%d", port);
   tg_log(TG_LOG_INFO, "admin API listening", "url", url, "port", ports, NULL);
-  compactor_start(&srv);
+  compactor.interval_ms = tg_config_int(cfg, "usage_compact_interval");
+  adm_job_start(&compactor, &srv);
   adm_mailer_start(&srv);
 
   for (;;) {
@@ -464,7 +409,7 @@ int main(int argc, char **argv) {
     portal_stop(&portal, tg_config_int(cfg, "drain_timeout"));
   adm_stop(&srv, tg_config_int(cfg, "drain_timeout"));
   adm_mailer_stop();
-  compactor_stop();
+  adm_job_stop(&compactor);
   tg_log(TG_LOG_INFO, "stopped", NULL);
   rc = EXIT_SUCCESS;
 out:
