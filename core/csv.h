@@ -107,6 +107,15 @@ int tg_csv_time(tg_csv_buf_t *b, int64_t unix_seconds);
 int tg_csv_raw(tg_csv_buf_t *b, const char *s, size_t len);
 
 /*
+ * The same as n calls of tg_csv_int / tg_csv_raw, in one reservation (a
+ * usage export writes some twenty of these per row): v[0..n), or the
+ * tokens s[i][0..len[i]). All or nothing: on failure (a bad token, or the
+ * buffer full) nothing was appended. n may be 0.
+ */
+int tg_csv_ints(tg_csv_buf_t *b, const int64_t *v, size_t n);
+int tg_csv_raws(tg_csv_buf_t *b, const char *const *s, const size_t *len, size_t n);
+
+/*
  * End the row with CRLF. TG_EINVAL for a row without fields (an empty
  * line is no record; write an empty field for a row of one empty cell).
  */
@@ -143,6 +152,9 @@ typedef struct tg_record_id_state {
 } tg_record_id_state_t;
 void tg_record_id_start(tg_record_id_state_t *s);
 void tg_record_id_add(tg_record_id_state_t *s, const char *part, size_t len);
+/* n parts at once (parts[i][0..lens[i])): the same id as n calls of add. */
+void tg_record_id_addv(tg_record_id_state_t *s, const char *const *parts, const size_t *lens,
+                       size_t n);
 void tg_record_id_end(tg_record_id_state_t *s, char out[TG_RECORD_ID_LEN + 1]);
 
 #endif

@@ -16,19 +16,22 @@
 
 /* ---- parameters ------------------------------------------------------------ */
 
+#define NAME(s) s, sizeof(s) - 1
 static const struct {
   const char *name;
+  size_t name_len;
   unsigned bit;
   const char *col; /* the column / member name */
 } dims[] = {
-    {"developer", TG_USAGE_BY_DEVELOPER, "developer_id"},
-    {"app", TG_USAGE_BY_APP, "app_id"},
-    {"key", TG_USAGE_BY_KEY, "key_id"},
-    {"api", TG_USAGE_BY_API, "api_id"},
-    {"plan", TG_USAGE_BY_PLAN, "plan_id"},
-    {"subscription", TG_USAGE_BY_SUBSCRIPTION, "subscription_id"},
-    {"status_class", TG_USAGE_BY_STATUS_CLASS, "status_class"},
+    {NAME("developer"), TG_USAGE_BY_DEVELOPER, "developer_id"},
+    {NAME("app"), TG_USAGE_BY_APP, "app_id"},
+    {NAME("key"), TG_USAGE_BY_KEY, "key_id"},
+    {NAME("api"), TG_USAGE_BY_API, "api_id"},
+    {NAME("plan"), TG_USAGE_BY_PLAN, "plan_id"},
+    {NAME("subscription"), TG_USAGE_BY_SUBSCRIPTION, "subscription_id"},
+    {NAME("status_class"), TG_USAGE_BY_STATUS_CLASS, "status_class"},
 };
+#undef NAME
 #define NDIMS ((int)(sizeof(dims) / sizeof(dims[0])))
 
 static const struct {
@@ -387,13 +390,19 @@ static int usage_row(tg_report_t *r, const tg_usage_total_t *t) {
   /* record_id: what the row is (kind, granularity, period, then each
    * grouped dimension's name and value), never its numbers */
   char nums[NDIMS][8], rid[TG_RECORD_ID_LEN + 1];
-  tg_record_id_state_t rs = r->rid_prefix;
+  const char *parts[2 * NDIMS], *dv[NDIMS] = {0};
+  size_t plen[2 * NDIMS], dl[NDIMS] = {0}, np = 0;
   for (int i = 0; i < NDIMS; i++)
     if (q->group_by & dims[i].bit) {
-      const char *v = dim_value(t, i, nums[i]);
-      tg_record_id_add(&rs, dims[i].name, strlen(dims[i].name));
-      tg_record_id_add(&rs, v, strlen(v));
+      dv[i] = dim_value(t, i, nums[i]);
+      dl[i] = strlen(dv[i]);
+      parts[np] = dims[i].name;
+      plen[np++] = dims[i].name_len;
+      parts[np] = dv[i];
+      plen[np++] = dl[i];
     }
+  tg_record_id_state_t rs = r->rid_prefix;
+  tg_record_id_addv(&rs, parts, plen, np);
   tg_record_id_end(&rs, rid);
   /* latencies in ms with 3 decimals, formatted from whole microseconds
    * (locale-proof, and an export writes millions of them) */
@@ -404,22 +413,27 @@ static int usage_row(tg_report_t *r, const tg_usage_total_t *t) {
   ll[2] = fmt_ms(lat[2], (int64_t)(quantile(t->h, t->calls, 0.95) * 1000 + 0.5));
   ll[3] = fmt_ms(lat[3], (int64_t)(quantile(t->h, t->calls, 0.99) * 1000 + 0.5));
   if (r->fmt == TG_REPORT_CSV) {
-    int rc = tg_csv_raw(&r->out, rid, TG_RECORD_ID_LEN) || tg_csv_raw(&r->out, r->t_start, 20) ||
-             tg_csv_raw(&r->out, r->t_end, 20);
+    /* a few writer calls per row, not thirty: the numbers go out in runs */
+    const char *head[3] = {rid, r->t_start, r->t_end};
+    static const size_t head_len[3] = {TG_RECORD_ID_LEN, 20, 20};
+    int rc = tg_csv_raws(&r->out, head, head_len, 3);
     for (int i = 0; i < NDIMS; i++)
-      if (q->group_by & dims[i].bit) {
-        const char *v = dim_value(t, i, nums[i]);
+      if (q->group_by & dims[i].bit)
         rc = rc || (dims[i].bit == TG_USAGE_BY_STATUS_CLASS ? tg_csv_int(&r->out, t->status_class)
-                                                            : tg_csv_field(&r->out, v, strlen(v)));
-      }
-    rc = rc || tg_csv_int(&r->out, t->calls) || tg_csv_int(&r->out, t->billable) ||
-         tg_csv_int(&r->out, t->errors_4xx) || tg_csv_int(&r->out, t->errors_5xx) ||
-         tg_csv_int(&r->out, t->rejected);
+                                                            : tg_csv_field(&r->out, dv[i], dl[i]));
+    int64_t v[7 + TG_USAGE_REASONS];
+    int nv = 0;
+    v[nv++] = t->calls;
+    v[nv++] = t->billable;
+    v[nv++] = t->errors_4xx;
+    v[nv++] = t->errors_5xx;
+    v[nv++] = t->rejected;
     for (int i = 0; i < TG_USAGE_REASONS; i++)
-      rc = rc || tg_csv_int(&r->out, t->rejected_by[i]);
-    rc = rc || tg_csv_int(&r->out, t->bytes_in) || tg_csv_int(&r->out, t->bytes_out);
-    for (int i = 0; i < 4; i++)
-      rc = rc || tg_csv_raw(&r->out, lat[i], ll[i]);
+      v[nv++] = t->rejected_by[i];
+    v[nv++] = t->bytes_in;
+    v[nv++] = t->bytes_out;
+    const char *lp[4] = {lat[0], lat[1], lat[2], lat[3]};
+    rc = rc || tg_csv_ints(&r->out, v, (size_t)nv) || tg_csv_raws(&r->out, lp, ll, 4);
     return rc || tg_csv_end_row(&r->out);
   }
   const char *a = r->t_start, *b = r->t_end;
@@ -430,7 +444,7 @@ static int usage_row(tg_report_t *r, const tg_usage_total_t *t) {
     if (q->group_by & dims[i].bit) {
       rc = rc || puts_(r, ",\"") || puts_(r, dims[i].col) || puts_(r, "\":");
       rc = rc || (dims[i].bit == TG_USAGE_BY_STATUS_CLASS ? put_int(r, t->status_class)
-                                                          : put_jstr(r, dim_value(t, i, nums[i])));
+                                                          : put_jstr(r, dv[i]));
     }
   rc = rc || puts_(r, ",\"calls\":") || put_int(r, t->calls) || puts_(r, ",\"billable_calls\":") ||
        put_int(r, t->billable) || puts_(r, ",\"errors_4xx\":") || put_int(r, t->errors_4xx) ||

@@ -1471,12 +1471,14 @@ static int plan_pieces(int64_t from, int64_t to, int64_t maxg, int64_t wh, int64
 
 /* One group of a bucket being summed in memory (streamed reports). */
 typedef struct agg {
-  char dim[6][TG_USAGE_ID_MAX + 1]; /* developer, app, key, api, plan, subscription */
-  uint8_t dlen[6];
-  int status_class;
   uint64_t hash;
-  bool used;
+  uint32_t slot; /* where the index points at it */
+  int status_class;
+  uint8_t dlen[6];
   tg_usage_total_t t;
+  /* developer, app, key, api, plan, subscription: only the grouped ones
+   * are written (the others are "" to the reader) */
+  char dim[6][TG_USAGE_ID_MAX + 1];
 } agg_t;
 
 typedef struct sql_cursor {
@@ -1488,16 +1490,36 @@ typedef struct sql_cursor {
    * each bucket is summed in memory (no sort of the whole range) */
   bool streamed;
   int64_t bucket;
+  int dcol[6]; /* the statement's column of each grouped dimension, or -1 */
   piece_t pieces[PIECES_MAX];
   int npieces, ipiece;
   bool piece_open, done;
-  agg_t *tab; /* open addressing, cap a power of two */
-  size_t cap, n;
+  /* the bucket's groups, dense in order of arrival (sequential memory
+   * when rows come in output order), found through an open-addressing
+   * index of cap slots (a power of two, at most half full) */
+  agg_t *groups;
+  size_t n, gcap;
+  uint64_t *slots;
+  size_t cap;
   agg_t **order; /* the bucket's groups, sorted, being handed out */
-  size_t norder, iorder;
+  size_t norder, iorder, ocap;
   int64_t cur_bucket;
   bool row_held; /* the statement's current row starts the next bucket */
 } sql_cursor_t;
+
+/* The streamed statement's columns (s_usage_open), then the grouped
+ * dimensions from COL_DIMS on. */
+enum {
+  COL_PERIOD,
+  COL_CLASS,
+  COL_REASON,
+  COL_CALLS,
+  COL_BYTES_IN,
+  COL_BYTES_OUT,
+  COL_LATENCY,
+  COL_H
+};
+#define COL_DIMS (COL_H + TG_USAGE_BUCKETS)
 
 static const struct {
   unsigned bit;
@@ -1585,10 +1607,20 @@ static int s_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_curso
     cur->bucket = q->bucket;
     memcpy(cur->pieces, pieces, sizeof(pieces[0]) * (size_t)n);
     cur->npieces = n;
-    sb_add(b, "SELECT period_start, developer_id, app_id, key_id, api_id, plan_id, "
-              "subscription_id, status_class, reason, calls, bytes_in, bytes_out, "
+    /* only the grouped dimensions: every column in the list costs a
+     * decode per ledger row, read or not */
+    sb_add(b, "SELECT period_start, status_class, reason, calls, bytes_in, bytes_out, "
               "latency_us_sum, h00, h01, h02, h03, h04, h05, h06, h07, h08, h09, h10, h11, h12, "
-              "h13, h14 FROM usage_rollups WHERE granularity = :g AND period_start >= :s "
+              "h13, h14");
+    for (int d = 0, k = COL_DIMS; d < 6; d++) {
+      cur->dcol[d] = -1;
+      if (q->group_by & usage_dims[d].bit) {
+        sb_add(b, ", ");
+        sb_add(b, usage_dims[d].col);
+        cur->dcol[d] = k++;
+      }
+    }
+    sb_add(b, " FROM usage_rollups WHERE granularity = :g AND period_start >= :s "
               "AND period_start < :e");
     sb_filters(b, q);
     sb_add(b, " ORDER BY period_start");
@@ -1687,76 +1719,134 @@ static const char *col_text(sqlite3_stmt *stmt, int i) {
 static const int dim_bits[6] = {TG_USAGE_BY_DEVELOPER, TG_USAGE_BY_APP,  TG_USAGE_BY_KEY,
                                 TG_USAGE_BY_API,       TG_USAGE_BY_PLAN, TG_USAGE_BY_SUBSCRIPTION};
 
-/* Grow the bucket's table to keep it at most half full. */
-static int agg_grow(sql_cursor_t *cur) {
+/* A slot of the bucket's index: 0 empty, else the group's number + 1 in
+ * the low half and the top of its hash in the high half (most probes that
+ * miss are told apart without touching the group). */
+#define SLOT(hash, gi) (((hash)&0xffffffff00000000ull) | (uint64_t)((gi) + 1))
+#define SLOT_GROUP(s)  ((size_t)((s)&0xffffffffu) - 1)
+
+/* Make room for one more group: the dense array may move (rows already
+ * handed out are done with), the index stays at most half full. */
+static int agg_reserve(sql_cursor_t *cur) {
+  if (cur->n == cur->gcap) {
+    size_t gcap = cur->gcap ? cur->gcap * 2 : 512;
+    if (gcap > 0x7fffffffu) /* group numbers and slots fit 32 bits */
+      return TG_ENOMEM;
+    agg_t *groups = realloc(cur->groups, gcap * sizeof(*groups));
+    if (!groups)
+      return TG_ENOMEM;
+    cur->groups = groups;
+    cur->gcap = gcap;
+  }
+  if ((cur->n + 1) * 2 <= cur->cap)
+    return TG_OK;
   size_t cap = cur->cap ? cur->cap * 2 : 1024;
-  agg_t *tab = calloc(cap, sizeof(*tab));
-  if (!tab)
+  uint64_t *slots = calloc(cap, sizeof(*slots));
+  if (!slots)
     return TG_ENOMEM;
-  for (size_t j = 0; j < cur->cap; j++)
-    if (cur->tab[j].used) {
-      size_t i = cur->tab[j].hash & (cap - 1);
-      while (tab[i].used)
-        i = (i + 1) & (cap - 1);
-      tab[i] = cur->tab[j];
-    }
-  free(cur->tab);
-  cur->tab = tab;
+  for (size_t j = 0; j < cur->n; j++) {
+    size_t i = cur->groups[j].hash & (cap - 1);
+    while (slots[i])
+      i = (i + 1) & (cap - 1);
+    slots[i] = SLOT(cur->groups[j].hash, j);
+    cur->groups[j].slot = (uint32_t)i;
+  }
+  free(cur->slots);
+  cur->slots = slots;
   cur->cap = cap;
   return TG_OK;
+}
+
+/* The groups' hash: 8 bytes at a time (ids are tens of bytes), finished
+ * with murmur3's fmix64 so that low and high bits both vary. Only this
+ * process sees it: it never reaches the output. */
+static uint64_t agg_mix(uint64_t h, uint64_t w) {
+  h ^= w;
+  h *= 0x9e3779b97f4a7c15ull;
+  return h ^ (h >> 29);
+}
+
+static uint64_t agg_hash(const unsigned char *const dv[6], const int dl[6], int gcls) {
+  uint64_t h = 0x243f6a8885a308d3ull;
+  for (int d = 0; d < 6; d++) {
+    const unsigned char *s = dv[d];
+    int n = dl[d], k = 0;
+    for (; k + 8 <= n; k += 8) {
+      uint64_t w;
+      memcpy(&w, s + k, 8);
+      h = agg_mix(h, w);
+    }
+    uint64_t w = 0;
+    for (int j = 0; k < n; k++, j++)
+      w |= (uint64_t)s[k] << (8 * j);
+    h = agg_mix(h, w ^ ((uint64_t)(unsigned)n << 56) ^ (uint64_t)d);
+  }
+  h = agg_mix(h, (uint64_t)(gcls + 1));
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 33);
 }
 
 /* Add the statement's current ledger row to its group (only grouped
  * dimensions tell groups apart, so rows that differ elsewhere add up). */
 static int agg_row(sql_cursor_t *cur, sqlite3_stmt *st) {
-  const unsigned char *dv[6] = {0};
+  static const unsigned char none[1] = {0};
+  const unsigned char *dv[6] = {none, none, none, none, none, none};
   int dl[6] = {0};
-  uint64_t h = 1469598103934665603ull;
-  for (int d = 0; d < 6; d++) {
-    if (cur->group_by & dim_bits[d]) {
-      dv[d] = sqlite3_column_text(st, 1 + d);
-      dl[d] = sqlite3_column_bytes(st, 1 + d);
+  for (int d = 0; d < 6; d++)
+    if (cur->dcol[d] >= 0) {
+      const unsigned char *v = sqlite3_column_text(st, cur->dcol[d]);
+      dl[d] = sqlite3_column_bytes(st, cur->dcol[d]);
+      if (v)
+        dv[d] = v;
+      else
+        dl[d] = 0;
       if (dl[d] > TG_USAGE_ID_MAX)
         dl[d] = TG_USAGE_ID_MAX;
-      for (int k = 0; k < dl[d]; k++)
-        h = (h ^ dv[d][k]) * 1099511628211ull;
     }
-    h = (h ^ 0xff) * 1099511628211ull;
-  }
-  int cls = sqlite3_column_int(st, 7);
+  int cls = sqlite3_column_int(st, COL_CLASS);
   int gcls = cur->group_by & TG_USAGE_BY_STATUS_CLASS ? cls : -1;
-  h = (h ^ (uint64_t)(gcls + 1)) * 1099511628211ull;
-  if ((cur->n + 1) * 2 > cur->cap && agg_grow(cur))
+  uint64_t h = agg_hash(dv, dl, gcls);
+  if (agg_reserve(cur))
     return TG_ENOMEM;
   size_t i = h & (cur->cap - 1);
-  agg_t *g;
+  agg_t *g = NULL;
   for (;; i = (i + 1) & (cur->cap - 1)) {
-    g = &cur->tab[i];
-    if (!g->used)
+    uint64_t s = cur->slots[i];
+    if (!s)
       break;
-    if (g->hash != h || g->status_class != gcls)
+    if ((s ^ h) >> 32)
       continue;
-    bool same = true;
-    for (int d = 0; d < 6 && same; d++)
-      same = g->dlen[d] == dl[d] && (dl[d] == 0 || memcmp(g->dim[d], dv[d], (size_t)dl[d]) == 0);
-    if (same)
-      break;
+    g = &cur->groups[SLOT_GROUP(s)];
+    if (g->hash == h && g->status_class == gcls) {
+      bool same = true;
+      for (int d = 0; d < 6 && same; d++)
+        same = g->dlen[d] == dl[d] && memcmp(g->dim[d], dv[d], (size_t)dl[d]) == 0;
+      if (same)
+        break;
+    }
+    g = NULL;
   }
-  if (!g->used) {
+  if (!g) {
+    size_t gi = cur->n++;
+    g = &cur->groups[gi];
     memset(&g->t, 0, sizeof(g->t));
-    g->used = true;
     g->hash = h;
+    g->slot = (uint32_t)i;
     g->status_class = gcls;
     for (int d = 0; d < 6; d++) {
-      if (dl[d])
-        memcpy(g->dim[d], dv[d], (size_t)dl[d]);
-      g->dim[d][dl[d]] = '\0';
       g->dlen[d] = (uint8_t)dl[d];
+      if (cur->dcol[d] >= 0) { /* the others stay unwritten (memory traffic) */
+        memcpy(g->dim[d], dv[d], (size_t)dl[d]);
+        g->dim[d][dl[d]] = '\0';
+      }
     }
-    cur->n++;
+    cur->slots[i] = SLOT(h, gi);
   }
   tg_usage_total_t *t = &g->t;
-  int64_t calls = sqlite3_column_int64(st, 9);
+  int64_t calls = sqlite3_column_int64(st, COL_CALLS);
   t->calls += calls;
   if (cls >= 1 && cls <= 4)
     t->billable += calls;
@@ -1766,16 +1856,16 @@ static int agg_row(sql_cursor_t *cur, sqlite3_stmt *st) {
     t->errors_5xx += calls;
   else if (cls == 0) {
     t->rejected += calls;
-    const char *reason = (const char *)sqlite3_column_text(st, 8);
+    const char *reason = (const char *)sqlite3_column_text(st, COL_REASON);
     for (int r = 0; reason && r < TG_USAGE_REASONS; r++)
       if (strcmp(reason, tg_usage_reasons[r]) == 0)
         t->rejected_by[r] += calls;
   }
-  t->bytes_in += sqlite3_column_int64(st, 10);
-  t->bytes_out += sqlite3_column_int64(st, 11);
-  t->latency_us_sum += sqlite3_column_int64(st, 12);
+  t->bytes_in += sqlite3_column_int64(st, COL_BYTES_IN);
+  t->bytes_out += sqlite3_column_int64(st, COL_BYTES_OUT);
+  t->latency_us_sum += sqlite3_column_int64(st, COL_LATENCY);
   for (int k = 0; k < TG_USAGE_BUCKETS; k++)
-    t->h[k] += sqlite3_column_int64(st, 13 + k);
+    t->h[k] += sqlite3_column_int64(st, COL_H + k);
   return TG_OK;
 }
 
@@ -1802,8 +1892,8 @@ static int agg_cmp(const void *x, const void *y, void *ctx) {
  * (cur->row_held) and starts the next call. */
 static int fill_bucket(sql_cursor_t *cur, tg_problem_t *p) {
   sql_store_t *st = (sql_store_t *)cur->base.store;
-  for (size_t i = 0; i < cur->norder; i++) /* empty the table: only what was used */
-    cur->order[i]->used = false;
+  for (size_t i = 0; i < cur->n; i++) /* empty the index: only what was used */
+    cur->slots[cur->groups[i].slot] = 0;
   cur->norder = cur->iorder = 0;
   cur->n = 0;
   bool have = false;
@@ -1830,7 +1920,7 @@ static int fill_bucket(sql_cursor_t *cur, tg_problem_t *p) {
         return sql_error(st, "usage report", p);
     }
     cur->row_held = false;
-    int64_t ps = sqlite3_column_int64(cur->stmt, 0);
+    int64_t ps = sqlite3_column_int64(cur->stmt, COL_PERIOD);
     int64_t b = ps - ps % cur->bucket;
     if (have && b != cur->cur_bucket) {
       cur->row_held = true; /* the next bucket's first row */
@@ -1851,25 +1941,38 @@ static int streamed_next(sql_cursor_t *cur, tg_usage_total_t *row, tg_problem_t 
     int rc = fill_bucket(cur, p);
     if (rc <= 0)
       return rc;
-    agg_t **order = realloc(cur->order, (cur->n ? cur->n : 1) * sizeof(*order));
-    if (!order)
-      return tg_problem_set(p, TG_ENOMEM, "", NULL);
-    cur->order = order;
-    cur->norder = cur->iorder = 0;
-    for (size_t i = 0; i < cur->cap; i++)
-      if (cur->tab[i].used)
-        cur->order[cur->norder++] = &cur->tab[i];
-    qsort_r(cur->order, cur->norder, sizeof(*cur->order), agg_cmp, &cur->group_by);
+    if (cur->n > cur->ocap) {
+      agg_t **order = realloc(cur->order, cur->n * sizeof(*order));
+      if (!order)
+        return tg_problem_set(p, TG_ENOMEM, "", NULL);
+      cur->order = order;
+      cur->ocap = cur->n;
+    }
+    /* the ledger's key order often is the output order already (by key,
+     * api...): then one pass over neighbours replaces the sort */
+    bool sorted = true;
+    for (size_t i = 0; i < cur->n; i++) {
+      cur->order[i] = &cur->groups[i];
+      if (sorted && i > 0)
+        sorted = agg_cmp(&cur->order[i - 1], &cur->order[i], &cur->group_by) < 0;
+    }
+    cur->norder = cur->n;
+    cur->iorder = 0;
+    if (!sorted)
+      qsort_r(cur->order, cur->norder, sizeof(*cur->order), agg_cmp, &cur->group_by);
   }
   agg_t *a = cur->order[cur->iorder++];
   *row = a->t;
   row->period_start = cur->cur_bucket;
-  row->developer_id = a->dim[0];
-  row->app_id = a->dim[1];
-  row->key_id = a->dim[2];
-  row->api_id = a->dim[3];
-  row->plan_id = a->dim[4];
-  row->subscription_id = a->dim[5];
+  const char *dim[6];
+  for (int d = 0; d < 6; d++)
+    dim[d] = cur->dcol[d] >= 0 ? a->dim[d] : "";
+  row->developer_id = dim[0];
+  row->app_id = dim[1];
+  row->key_id = dim[2];
+  row->api_id = dim[3];
+  row->plan_id = dim[4];
+  row->subscription_id = dim[5];
   row->status_class = a->status_class;
   return 1;
 }
@@ -1923,7 +2026,8 @@ static void s_usage_close(tg_usage_cursor_t *c) {
   sql_cursor_t *cur = (sql_cursor_t *)c;
   sql_store_t *st = (sql_store_t *)c->store;
   sqlite3_finalize(cur->stmt);
-  free(cur->tab);
+  free(cur->groups);
+  free(cur->slots);
   free(cur->order);
   if (cur->own_tx)
     sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);

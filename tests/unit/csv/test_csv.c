@@ -219,6 +219,102 @@ TG_TEST(record_id_prefixes_lengths) {
   ASSERT(strcmp(x, y) != 0);
 }
 
+TG_TEST(record_id_addv_is_add_part_by_part) {
+  ASSERT(sodium_init() >= 0);
+  /* the same bytes however they are grouped into updates, long parts
+   * (past addv's buffer) included */
+  char big[700];
+  memset(big, 'z', sizeof(big));
+  const char *parts[] = {"usage", "minute", "", big, "app", "app_01", big};
+  const size_t lens[] = {5, 6, 0, 100, 3, 6, sizeof(big)};
+  for (size_t n = 0; n <= 7; n++) {
+    char a[TG_RECORD_ID_LEN + 1], b[TG_RECORD_ID_LEN + 1];
+    tg_record_id_state_t x, y;
+    tg_record_id_start(&x);
+    for (size_t i = 0; i < n; i++)
+      tg_record_id_add(&x, parts[i], lens[i]);
+    tg_record_id_end(&x, a);
+    tg_record_id_start(&y);
+    tg_record_id_addv(&y, parts, lens, n);
+    tg_record_id_end(&y, b);
+    ASSERT_STR_EQ(a, b);
+  }
+  /* and the pinned id */
+  const char *pinned[] = {"acc_01", "app_01", "api_01", "calls", "2026-11-26T14:00:00Z"};
+  const size_t plens[] = {6, 6, 6, 5, 20};
+  tg_record_id_state_t z;
+  char id[TG_RECORD_ID_LEN + 1];
+  tg_record_id_start(&z);
+  tg_record_id_addv(&z, pinned, plens, 5);
+  tg_record_id_end(&z, id);
+  ASSERT_STR_EQ(id, "69c9e6c62f28073573e91146d130c090");
+}
+
+TG_TEST(ints_and_raws_are_the_single_writers) {
+  tg_csv_buf_t a, b;
+  tg_csv_buf_init(&a, 0);
+  tg_csv_buf_init(&b, 0);
+  const int64_t v[] = {0, -5, 9, 10, 99, 100, 9999, 10000, 123456789, INT64_MIN, INT64_MAX, -1};
+  const size_t nv = sizeof(v) / sizeof(v[0]);
+  const char *tok[] = {"69c9e6c62f28073573e91146d130c090", "2026-10-04T00:00:00Z", "-1.50", "x"};
+  const size_t tl[] = {32, 20, 5, 1};
+  for (int lead = 0; lead < 2; lead++) { /* at a row start, and after a field */
+    tg_csv_buf_reset(&a);
+    tg_csv_buf_reset(&b);
+    if (lead) {
+      ASSERT_INT_EQ(tg_csv_field(&a, "f", 1), TG_OK);
+      ASSERT_INT_EQ(tg_csv_field(&b, "f", 1), TG_OK);
+    }
+    for (size_t i = 0; i < nv; i++)
+      ASSERT_INT_EQ(tg_csv_int(&a, v[i]), TG_OK);
+    for (size_t i = 0; i < 4; i++)
+      ASSERT_INT_EQ(tg_csv_raw(&a, tok[i], tl[i]), TG_OK);
+    ASSERT_INT_EQ(tg_csv_ints(&b, v, nv), TG_OK);
+    ASSERT_INT_EQ(tg_csv_ints(&b, v, 0), TG_OK);
+    ASSERT_INT_EQ(tg_csv_raws(&b, tok, tl, 4), TG_OK);
+    ASSERT_INT_EQ(tg_csv_raws(&b, NULL, NULL, 0), TG_OK);
+    ASSERT_INT_EQ(a.nfields, b.nfields);
+    ASSERT_INT_EQ(tg_csv_end_row(&a), TG_OK);
+    ASSERT_INT_EQ(tg_csv_end_row(&b), TG_OK);
+    ASSERT_STR_EQ(b.data, a.data);
+  }
+  /* all or nothing */
+  tg_csv_buf_t c;
+  tg_csv_buf_init(&c, 16);
+  ASSERT_INT_EQ(tg_csv_field(&c, "0123456789", 10), TG_OK);
+  const int64_t two[] = {12, 345}; /* ",12,345" = 7 > 6 left */
+  ASSERT_INT_EQ(tg_csv_ints(&c, two, 2), TG_ETOOBIG);
+  const char *t2[] = {"ab", "cde"};
+  const size_t l2[] = {2, 3};
+  ASSERT_INT_EQ(tg_csv_raws(&c, t2, l2, 2), TG_ETOOBIG);
+  const char *bad[] = {"ok", "a,b"};
+  const size_t lb[] = {2, 3};
+  ASSERT_INT_EQ(tg_csv_raws(&c, bad, lb, 2), TG_EINVAL);
+  const char *empty[] = {"ok", ""};
+  const size_t le[] = {2, 0};
+  ASSERT_INT_EQ(tg_csv_raws(&c, empty, le, 2), TG_EINVAL);
+  ASSERT_INT_EQ(tg_csv_ints(NULL, two, 2), TG_EINVAL);
+  ASSERT_INT_EQ(tg_csv_ints(&c, NULL, 2), TG_EINVAL);
+  ASSERT_INT_EQ(c.len, 10);
+  ASSERT_INT_EQ(c.nfields, 1);
+  ASSERT_STR_EQ(c.data, "0123456789");
+  ASSERT_INT_EQ(tg_csv_ints(&c, two, 1), TG_OK); /* ",12" fits */
+  ASSERT_STR_EQ(c.data, "0123456789,12");
+  fail_realloc = 1;
+  tg_csv_buf_t d;
+  tg_csv_buf_init(&d, 0);
+  ASSERT_INT_EQ(tg_csv_ints(&d, v, nv), TG_ENOMEM);
+  ASSERT(d.data == NULL && d.len == 0 && d.nfields == 0);
+  fail_realloc = 1;
+  ASSERT_INT_EQ(tg_csv_raws(&d, tok, tl, 4), TG_ENOMEM);
+  ASSERT(d.data == NULL && d.len == 0 && d.nfields == 0);
+  fail_realloc = 0;
+  tg_csv_buf_dispose(&a);
+  tg_csv_buf_dispose(&b);
+  tg_csv_buf_dispose(&c);
+  tg_csv_buf_dispose(&d);
+}
+
 /* One export row of the streaming test. */
 static int stream_row(tg_csv_buf_t *b, int64_t i) {
   char name[32];
