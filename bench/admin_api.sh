@@ -38,7 +38,7 @@ INSERT INTO keys (id, app_id, prefix, digest, created_at, updated_at)
   SELECT printf('key_00%024d', i), '$app', 'tg_live_bench000', randomblob(32), 1, 1 FROM n;
 SQL
 
-build/admin-api/tollgate-server --config "$work/empty.conf" --admin-listen 127.0.0.1:0 --portal-enabled false \
+build/admin-api/tollgate-server --config "$work/empty.conf" --admin-listen 127.0.0.1:0 --portal-enabled=false \
   --log-level info --log-format text 2>"$work/srv.log" &
 srv=$!
 for _ in $(seq 50); do

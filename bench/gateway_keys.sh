@@ -35,7 +35,8 @@
 # latency (POST /keys/{id}/revoke on tollgate-server -> first 401 at the
 # gateway, default config_poll_interval 250ms), 5 keys, with 10k and 1M keys.
 # Loopback only; every wrk run is bounded by DUR; everything is removed at
-# the end.
+# the end. ONLY="nginx-gw tg-10k" runs those configurations alone;
+# PERF_OUT=DIR records a perf profile of each tollgate run there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -300,6 +301,12 @@ run() { # name
     : > "$work/ngx_access.log"
     for n in tg-10k tg-1m tg-10k-nomet; do : > "$work/$n.access"; done
     c0=$(cpu_ticks "$name") b0=$(busy_ticks) o0=$(own_ticks) t0=$(ms_now)
+    if [ -n "${PERF_OUT:-}" ] && [ -n "${GWPID[$name]:-}" ]; then
+      # a profile of this gateway over the middle of the run (perf's own
+      # CPU counts as other load: use it to look, not to measure)
+      (sleep 2; perf record -q -g -p "${GWPID[$name]}" -o "$PERF_OUT/perf-$name.data" \
+         -- sleep 5 >/dev/null 2>&1) &
+    fi
     out=$("${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" --latency -s keys.lua "${URL[$name]}")
     alive
     c1=$(cpu_ticks "$name") b1=$(busy_ticks) o1=$(own_ticks) t1=$(ms_now)
@@ -325,7 +332,7 @@ run() { # name
     "$cpu" "$other" "$lines" "$note $bad"
   echo "$rps $p50 $p99 $cpu ${note:+1}" >> "$work/res-$name"
 }
-CONFIGS=(nginx-gw tg-10k tg-1m tg-10k-nomet upstream)
+read -r -a CONFIGS <<<"${ONLY:-nginx-gw tg-10k tg-1m tg-10k-nomet upstream}"
 for r in $(seq "$ROUNDS"); do
   echo "-- round $r"
   for i in $(seq 0 $((${#CONFIGS[@]} - 1))); do
@@ -350,6 +357,7 @@ for n in "${CONFIGS[@]}"; do
   NOISY[$n]=$(awk '$5 == 1 {n++} END {print n + 0}' "res-$n")
 done
 ratio() { echo "$1 $2" | awk '{printf "%.2f", $1 / $2}'; }
+have() { for n; do [ -n "${RPS[$n]:-}" ] || return 1; done; }
 echo
 echo "== $WORKERS worker(s), $ROUNDS rounds of $DUR, $CONNS connections, medians (nginx auth: $NGX_AUTH)"
 printf '%-28s %10s %9s %9s %11s %6s  %s\n' configuration req/s "p50 ms" "p99 ms" "CPU us/req" noisy "req/s vs nginx-gw"
@@ -365,13 +373,16 @@ label() {
 for n in "${CONFIGS[@]}"; do
   printf '%-28s %10s %9.2f %9.2f %11s %6s  %s\n' "$(label "$n")" "${RPS[$n]}" \
     "$(echo "${P50[$n]}" | awk '{print $1 / 1000}')" "$(echo "${P99[$n]}" | awk '{print $1 / 1000}')" \
-    "${CPU[$n]}" "${NOISY[$n]}/$ROUNDS" "$(ratio "${RPS[$n]}" "${RPS[nginx-gw]}")x"
+    "${CPU[$n]}" "${NOISY[$n]}/$ROUNDS" "$(have nginx-gw && ratio "${RPS[$n]}" "${RPS[nginx-gw]}")x"
 done
-echo "tollgate 10k / nginx-gw:      throughput $(ratio "${RPS[tg-10k]}" "${RPS[nginx-gw]}")x (target >= 1.0, aim 1.2)," \
-  "p99 $(ratio "${P99[tg-10k]}" "${P99[nginx-gw]}")x (target <= 1.0)," \
-  "CPU/req $(ratio "${CPU[tg-10k]}" "${CPU[nginx-gw]}")x"
-echo "tollgate 1M / 10k keys:       throughput $(ratio "${RPS[tg-1m]}" "${RPS[tg-10k]}")x (target >= 0.95)"
-echo "tollgate metering on / off:   throughput $(ratio "${RPS[tg-10k]}" "${RPS[tg-10k-nomet]}")x (target >= 0.95)"
+have tg-10k nginx-gw &&
+  echo "tollgate 10k / nginx-gw:      throughput $(ratio "${RPS[tg-10k]}" "${RPS[nginx-gw]}")x (target >= 1.0, aim 1.2)," \
+    "p99 $(ratio "${P99[tg-10k]}" "${P99[nginx-gw]}")x (target <= 1.0)," \
+    "CPU/req $(ratio "${CPU[tg-10k]}" "${CPU[nginx-gw]}")x"
+have tg-1m tg-10k &&
+  echo "tollgate 1M / 10k keys:       throughput $(ratio "${RPS[tg-1m]}" "${RPS[tg-10k]}")x (target >= 0.95)"
+have tg-10k tg-10k-nomet &&
+  echo "tollgate metering on / off:   throughput $(ratio "${RPS[tg-10k]}" "${RPS[tg-10k-nomet]}")x (target >= 0.95)"
 
 # ---- revocation ------------------------------------------------------------
 revocation() { # gateway-name store key-dir
@@ -379,7 +390,7 @@ revocation() { # gateway-name store key-dir
   token=$("$CLI" --config empty.conf --db-path "$db" --secret-file secret \
     admin-token create --name "bench-$name" --scopes admin 2>/dev/null)
   "$SRVBIN" --config empty.conf --db-path "$db" --secret-file secret \
-    --admin-listen "127.0.0.1:$ADM" --portal-enabled false --log-format text 2>"adm-$name.log" &
+    --admin-listen "127.0.0.1:$ADM" --portal-enabled=false --log-format text 2>"adm-$name.log" &
   spid=$!
   pids+=($!)
   for i in $(seq 500); do
