@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The admin API over HTTPS (libmicrohttpd's TLS) and the loopback rule.
+"""The admin API and the developer portal over HTTPS (libmicrohttpd's TLS)
+and the admin API's loopback rule.
 
 Usage: test_admin_tls.py TOLLGATE_SERVER TOLLGATE_CLI
 Prints "name: ok|FAIL" per test and "N passed, M failed"; exits 1 on failure.
@@ -46,15 +47,19 @@ class Box:
                        check=True, timeout=30, capture_output=True)
         self.proc = None
 
-    def start(self, *args):
+    def start(self, *args, which=r'\bport=(\d+)'):
+        """Start the server; the port of the log line `which` matches."""
         self.log = open(os.path.join(self.dir, 'server.log'), 'w+')
-        self.proc = subprocess.Popen([SERVER] + self.common + ['--portal-listen', '127.0.0.1:0', '--log-format', 'text'] + list(args),
-                                     stderr=self.log, env=env())
+        argv = [SERVER] + self.common + ['--log-format', 'text'] + list(args)
+        if '--portal-listen' not in args:
+            argv += ['--portal-listen', '127.0.0.1:0']
+        self.proc = subprocess.Popen(argv, stderr=self.log, env=env())
         deadline = time.time() + 10
         while time.time() < deadline:
             self.log.seek(0)
-            m = re.search(r'\bport=(\d+)', self.log.read())
-            if m:
+            text = self.log.read()
+            m = re.search(which, text)
+            if m and re.search(r'admin API listening', text):
                 return int(m.group(1))
             if self.proc.poll() is not None:
                 break
@@ -97,6 +102,45 @@ def test_https_serves_and_verifies():
             data = b''
         s.close()
         assert not data.startswith(b'HTTP/1.1 200'), data
+    finally:
+        b.close()
+
+
+def test_portal_over_https():
+    """portal_tls_cert/key: the portal speaks TLS 1.2+, its cookies are
+    Secure, it sends Strict-Transport-Security, and its links in mail use
+    https."""
+    b = Box()
+    try:
+        port = b.start('--admin-listen', '127.0.0.1:0', '--portal-listen', '127.0.0.1:0',
+                       '--portal-tls-cert', b.cert, '--portal-tls-key', b.key,
+                       which=r'portal_port=(\d+)')
+        b.log.seek(0)
+        assert re.search(r'portal_url=https://127\.0\.0\.1:%d\b' % port, b.log.read())
+        ctx = ssl.create_default_context(cafile=b.cert)
+        c = http.client.HTTPSConnection('127.0.0.1', port, context=ctx, timeout=10)
+        c.request('GET', '/signup')
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 200 and b'Create an account' in body, (r.status, body[:200])
+        assert c.sock.version() in ('TLSv1.2', 'TLSv1.3'), c.sock.version()
+        assert r.getheader('Strict-Transport-Security', '').startswith('max-age='), r.getheaders()
+        cookie = r.getheader('Set-Cookie', '')
+        assert cookie.startswith('tg_visitor=') and '; Secure' in cookie and 'HttpOnly' in cookie, \
+            cookie
+        c.close()
+    finally:
+        b.close()
+
+
+def test_portal_tls_settings_must_pair():
+    b = Box()
+    try:
+        rc, err = b.run_expect_fail('--portal-tls-cert', b.cert)
+        assert rc != 0 and 'portal_tls_key' in err, (rc, err)
+        rc, err = b.run_expect_fail('--portal-tls-cert', b.cert, '--portal-tls-key',
+                                    os.path.join(b.dir, 'missing.pem'))
+        assert rc != 0 and 'portal_tls_key' in err, (rc, err)
     finally:
         b.close()
 
