@@ -36,7 +36,8 @@
 # gateway, default config_poll_interval 250ms), 5 keys, with 10k and 1M keys.
 # Loopback only; every wrk run is bounded by DUR; everything is removed at
 # the end. ONLY="nginx-gw tg-10k" runs those configurations alone;
-# PERF_OUT=DIR records a perf profile of each tollgate run there.
+# PERF_OUT=DIR records a perf profile of each tollgate run there;
+# UPSTREAM_CPU=1 (1 worker) pins the upstream beside wrk, not the proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -76,9 +77,13 @@ read -r UP NGX ADM P1 P2 P3 S1 S2 S3 < <(python3 "$HELPER" ports 9)
 declare -A PORT=([tg-10k]=$P1 [tg-1m]=$P2 [tg-10k-nomet]=$P3)
 declare -A SPORT=([tg-10k]=$S1 [tg-1m]=$S2 [tg-10k-nomet]=$S3)
 # With 1 worker and 2+ cores, the servers share CPU 0 and wrk gets CPU 1.
-PIN_SRV=() PIN_WRK=()
+PIN_SRV=() PIN_WRK=() PIN_UP=()
 if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   PIN_SRV=(taskset -c 0) PIN_WRK=(taskset -c 1)
+  # UPSTREAM_CPU=1: the upstream runs beside wrk instead of beside the
+  # proxy, as it would on its own machine (a proxy sharing a core with its
+  # upstream is preempted by every upstream wake-up)
+  PIN_UP=(taskset -c "${UPSTREAM_CPU:-0}")
 fi
 ms_now() { echo $(($(date +%s%N) / 1000000)); }
 rss() { awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$1/status"; }
@@ -105,7 +110,7 @@ http {
   }
 }
 EOF
-"${PIN_SRV[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+"${PIN_UP[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 UPPID=$!
 
 # ---- stores: 10k keys, and BIG keys whose first 10k are the same keys -------
@@ -301,11 +306,16 @@ run() { # name
     : > "$work/ngx_access.log"
     for n in tg-10k tg-1m tg-10k-nomet; do : > "$work/$n.access"; done
     c0=$(cpu_ticks "$name") b0=$(busy_ticks) o0=$(own_ticks) t0=$(ms_now)
-    if [ -n "${PERF_OUT:-}" ] && [ -n "${GWPID[$name]:-}" ]; then
-      # a profile of this gateway over the middle of the run (perf's own
-      # CPU counts as other load: use it to look, not to measure)
-      (sleep 2; perf record -q -g -p "${GWPID[$name]}" -o "$PERF_OUT/perf-$name.data" \
+    if [ -n "${PERF_OUT:-}" ] && [ "$name" != upstream ]; then
+      # a profile of the server over the middle of the run, and its
+      # scheduling counts (perf's own CPU counts as other load: use it to
+      # look, not to measure)
+      local pids
+      pids=$(cpu_pids "$name" | paste -sd, -)
+      (sleep 2; perf record -q -g -p "$pids" -o "$PERF_OUT/perf-$name.data" \
          -- sleep 5 >/dev/null 2>&1) &
+      (sleep 2; perf stat -e task-clock,context-switches,cpu-migrations -p "$pids" \
+         -o "$PERF_OUT/stat-$name-$try.txt" -- sleep 5 >/dev/null 2>&1) &
     fi
     out=$("${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" --latency -s keys.lua "${URL[$name]}")
     alive
