@@ -22,6 +22,18 @@ bool tg_utf8_valid(const char *s, size_t len, bool allow_ctl);
  * when it is not one (RFC 3629 section 4). */
 size_t tg_utf8_seq_len(const unsigned char *s, size_t avail);
 
+/* The value of one hex digit (either case), or -1. Inline: the gateway's
+ * HTTP parser uses it without linking core. */
+static inline int tg_hex_digit(int c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
 /* Current time in unix seconds / milliseconds, or the test override. */
 int64_t tg_now(void);
 int64_t tg_now_ms(void);

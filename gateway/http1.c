@@ -25,6 +25,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include "core/util.h" /* tg_hex_digit: inline, nothing to link */
+
 /*
  * Byte classes, one table lookup per byte. Generated from the RFC ABNF;
  * tests/unit/http1 checks every byte of every class through the API.
@@ -92,13 +94,6 @@ static bool ieq(const unsigned char *s, const char *lit, size_t n) {
     if (lower(s[i]) != (unsigned char)lit[i])
       return false;
   return true;
-}
-
-static int hexval(unsigned char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  c = lower(c);
-  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 /*
@@ -851,7 +846,7 @@ long gw_chunked_decode(gw_chunked_t *c, const char *in, size_t len, const char *
       if (IS(ch, C_HEX)) {
         if (c->digits == CHUNK_SIZE_DIGITS)
           return chunk_fail(c, err, "A chunk size has more than 15 hex digits.");
-        c->remaining = c->remaining << 4 | (uint64_t)hexval(ch);
+        c->remaining = c->remaining << 4 | (uint64_t)tg_hex_digit(ch);
         c->digits++;
       } else if (c->digits == 0) {
         return chunk_fail(c, err, "A chunk size must start with a hex digit.");

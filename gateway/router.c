@@ -9,17 +9,8 @@
  */
 #include <string.h>
 
+#include "core/util.h"
 #include "gateway/gw.h"
-
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
 
 static bool unreserved(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
@@ -37,7 +28,7 @@ long gw_path_normalise(const char *path, size_t len, char *out) {
     if (c == '%') {
       if (i + 2 >= len)
         return -1;
-      int hi = hexval(path[i + 1]), lo = hexval(path[i + 2]);
+      int hi = tg_hex_digit(path[i + 1]), lo = tg_hex_digit(path[i + 2]);
       if (hi < 0 || lo < 0)
         return -1;
       unsigned char v = (unsigned char)(hi * 16 + lo);

@@ -9,16 +9,6 @@
 
 #include "core/util.h"
 
-static int hexval(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
-
 /* Decode one name or value into a new string, or NULL when malformed. */
 static char *form_decode(const char *s, size_t len) {
   char *out = malloc(len + 1);
@@ -29,8 +19,8 @@ static char *form_decode(const char *s, size_t len) {
     if (s[i] == '+') {
       out[n++] = ' ';
     } else if (s[i] == '%') {
-      int hi = i + 2 < len ? hexval(s[i + 1]) : -1;
-      int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
+      int hi = i + 2 < len ? tg_hex_digit(s[i + 1]) : -1;
+      int lo = i + 2 < len ? tg_hex_digit(s[i + 2]) : -1;
       if (hi < 0 || lo < 0) {
         free(out);
         return NULL;
