@@ -2,6 +2,7 @@
  * meter.c - per-worker usage tables and the metering thread (see meter.h).
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,6 +226,8 @@ static void bound_pending(void) {
   }
 }
 
+#define FLUSH_SLICE 64 /* rows written between two yields of the CPU */
+
 typedef struct row_ids {
   char api[GW_POL_ID_LEN + 1];
 } row_ids_t;
@@ -275,20 +278,51 @@ static bool flush(void) {
   }
   tg_problem_t p;
   tg_problem_clear(&p);
-  int rc = tg_store_usage_add(m.store, rows, r, &p);
+  /* One transaction (all or nothing), written in slices with the CPU
+   * given back between them: this thread shares a core with a worker,
+   * and milliseconds of SQLite at a stretch would be milliseconds added
+   * to every request that worker holds (the tail of the latency, as the
+   * keys bench showed: p99 1.5 ms with metering off, 3 ms with it on). */
+  int rc = tg_store_begin(m.store, &p);
+  bool began = rc == TG_OK;
+  for (size_t off = 0; rc == TG_OK && off < r; off += FLUSH_SLICE) {
+    rc = tg_store_usage_add(m.store, rows + off, r - off < FLUSH_SLICE ? r - off : FLUSH_SLICE, &p);
+    sched_yield();
+  }
+  if (rc == TG_OK)
+    rc = tg_store_commit(m.store, &p);
+  else if (began)
+    tg_store_rollback(m.store);
   if (rc == TG_OK) {
-    /* keys' last_used_day: written once per key and day, outside the hot
-     * transaction (bookkeeping, not a change of the key) */
+    /* keys' last_used_day: written once per key and day, in a transaction
+     * of their own (bookkeeping, not a change of the key; a failure here
+     * loses no usage) */
+    tg_problem_t q;
+    tg_problem_clear(&q);
+    bool open = false;
+    size_t touched = 0;
     for (size_t i = 0; i < r; i++) {
       gw_key_t *k = (gw_key_t *)src[i]->k.key;
       int64_t day = src[i]->k.minute - src[i]->k.minute % 86400;
-      if (k && src[i]->k.status_class > 0 &&
-          atomic_load_explicit(&k->last_used_day, memory_order_relaxed) < day) {
-        tg_problem_t q;
-        tg_problem_clear(&q);
-        if (tg_store_touch(m.store, TG_ENT_KEY, k->id, "last_used_day", day, &q) == TG_OK)
-          atomic_store_explicit(&k->last_used_day, day, memory_order_relaxed);
+      if (!k || src[i]->k.status_class == 0 ||
+          atomic_load_explicit(&k->last_used_day, memory_order_relaxed) >= day)
+        continue;
+      if (!open && !(open = tg_store_begin(m.store, &q) == TG_OK))
+        break;
+      if (tg_store_touch(m.store, TG_ENT_KEY, k->id, "last_used_day", day, &q) != TG_OK)
+        break;
+      src[touched++] = src[i]; /* those written, for the commit below */
+      if (touched % FLUSH_SLICE == 0)
+        sched_yield();
+    }
+    if (open && tg_store_commit(m.store, &q) == TG_OK) {
+      for (size_t i = 0; i < touched; i++) {
+        int64_t day = src[i]->k.minute - src[i]->k.minute % 86400;
+        atomic_store_explicit(&((gw_key_t *)src[i]->k.key)->last_used_day, day,
+                              memory_order_relaxed);
       }
+    } else if (open) {
+      tg_store_rollback(m.store); /* not kept: the next flush tries again */
     }
   }
   free(rows);
