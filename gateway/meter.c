@@ -226,7 +226,7 @@ static void bound_pending(void) {
   }
 }
 
-#define FLUSH_SLICE 64 /* rows written between two yields of the CPU */
+#define FLUSH_SLICE 16 /* rows written between two yields of the CPU */
 
 typedef struct row_ids {
   char api[GW_POL_ID_LEN + 1];
