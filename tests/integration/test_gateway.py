@@ -119,18 +119,9 @@ def pattern_ok(data, offset=0):
 
 # ---- a raw HTTP/1.1 client ------------------------------------------------------
 
-class Resp:
-    def __init__(self, version, status, reason, headers, body, interim, trailers, raw_head):
-        self.version = version
-        self.status = status
-        self.reason = reason
-        self.headers = headers  # [(name, value)] in received order
-        self.body = body
-        self.interim = interim  # 1xx responses before this one: [(status, headers)]
-        self.trailers = trailers
-        self.raw_head = raw_head
-        self.chunked = False
-        self._json = Ellipsis
+class Headers:
+    """Header lookup for response objects whose `headers` is [(name, value)]
+    in received order (also used by the portal and reports suites)."""
 
     def header(self, name):
         n = name.lower()
@@ -142,6 +133,20 @@ class Resp:
     def header_all(self, name):
         n = name.lower()
         return [v for k, v in self.headers if k.lower() == n]
+
+
+class Resp(Headers):
+    def __init__(self, version, status, reason, headers, body, interim, trailers, raw_head):
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # [(name, value)] in received order
+        self.body = body
+        self.interim = interim  # 1xx responses before this one: [(status, headers)]
+        self.trailers = trailers
+        self.raw_head = raw_head
+        self.chunked = False
+        self._json = Ellipsis
 
     def names(self):
         return {k.lower() for k, _ in self.headers}

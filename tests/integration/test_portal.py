@@ -61,22 +61,11 @@ def uniq(tag):
 
 # ---- responses and cookies ----------------------------------------------------------
 
-class Page:
+class Page(base.Headers):
     def __init__(self, status, headers, body):
         self.status = status
         self.headers = headers
         self.body = body
-
-    def header(self, name):
-        n = name.lower()
-        for k, v in self.headers:
-            if k.lower() == n:
-                return v
-        return None
-
-    def header_all(self, name):
-        n = name.lower()
-        return [v for k, v in self.headers if k.lower() == n]
 
     @property
     def text(self):

@@ -111,20 +111,13 @@ def unknown_key():
 
 # ---- HTTP to the admin API, raw ---------------------------------------------------
 
-class HResp:
+class HResp(base.Headers):
     """What problem() and friends need: status, header(), json, body."""
 
     def __init__(self, status, headers, body):
         self.status = status
         self.headers = headers
         self.body = body
-
-    def header(self, name):
-        n = name.lower()
-        for k, v in self.headers:
-            if k.lower() == n:
-                return v
-        return None
 
     @property
     def json(self):
