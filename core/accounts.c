@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "core/lifecycle.h"
+#include "core/tokens.h"
 #include "core/util.h"
 
 extern const char tg_common_passwords[];
@@ -238,21 +239,11 @@ out:
 /* Find and use up a one-time token. *dev (new reference) gets its owner. */
 static int token_take(tg_store_t *s, const tg_account_env_t *env, const char *purpose,
                       const char *token, bool consume, json_t **dev, tg_problem_t *p) {
-  unsigned char digest[TG_DIGEST_BYTES];
-  char hex[TG_DIGEST_HEX_LEN + 1];
   json_t *row = NULL;
-  tg_token_type_t type;
-  tg_problem_t ignore = {0};
   int rc = TG_EAUTH;
   *dev = NULL;
-  if (!token || tg_token_check(token, strlen(token), &type, &ignore) || type != TG_TOKEN_ACCOUNT)
-    goto out;
-  tg_token_digest(env->secret, token, strlen(token), digest);
-  tg_hex_encode(digest, sizeof(digest), hex);
-  rc = tg_store_get_by(s, TG_ENT_ACCOUNT_TOKEN, "digest", hex, &row, p);
-  if (rc == TG_ENOTFOUND)
-    rc = TG_EAUTH;
-  if (rc)
+  if (!token || (rc = tg_token_find(s, env->secret, TG_ENT_ACCOUNT_TOKEN, TG_TOKEN_ACCOUNT, token,
+                                    strlen(token), &row, p)))
     goto out;
   bool live = strcmp(str(row, "purpose"), purpose) == 0 &&
               json_integer_value(json_object_get(row, "expires_at")) > env->now;
@@ -593,21 +584,12 @@ int tg_session_create(tg_store_t *s, const tg_account_env_t *env, const tg_sessi
 
 int tg_session_lookup(tg_store_t *s, const tg_account_env_t *env, const tg_session_limits_t *lim,
                       const char *token, json_t **session, json_t **dev, tg_problem_t *p) {
-  unsigned char digest[TG_DIGEST_BYTES];
-  char hex[TG_DIGEST_HEX_LEN + 1];
-  tg_token_type_t type;
   tg_problem_t ignore = {0};
   json_t *ses = NULL, *d = NULL;
   int rc = TG_EAUTH;
   *session = *dev = NULL;
-  if (!token || tg_token_check(token, strlen(token), &type, &ignore) || type != TG_TOKEN_SESSION)
-    goto out;
-  tg_token_digest(env->secret, token, strlen(token), digest);
-  tg_hex_encode(digest, sizeof(digest), hex);
-  rc = tg_store_get_by(s, TG_ENT_SESSION, "digest", hex, &ses, p);
-  if (rc == TG_ENOTFOUND)
-    rc = TG_EAUTH;
-  if (rc)
+  if (!token || (rc = tg_token_find(s, env->secret, TG_ENT_SESSION, TG_TOKEN_SESSION, token,
+                                    strlen(token), &ses, p)))
     goto out;
   int64_t seen = json_integer_value(json_object_get(ses, "last_seen_at"));
   int64_t ends = json_integer_value(json_object_get(ses, "expires_at"));

@@ -107,27 +107,38 @@ out:
   return result;
 }
 
-int tg_admin_token_authenticate(tg_store_t *s, const tg_secret_t *secret, const char *text,
-                                size_t len, json_t **row, tg_problem_t *p) {
+int tg_token_find(tg_store_t *s, const tg_secret_t *secret, tg_entity_t ent, tg_token_type_t type,
+                  const char *text, size_t len, json_t **row, tg_problem_t *p) {
+  static const char *const names[][2] = {
+      [TG_TOKEN_API_KEY] = {"an API key", "API key"},
+      [TG_TOKEN_ADMIN] = {"an admin token", "admin token"},
+      [TG_TOKEN_SESSION] = {"a session token", "session token"},
+      [TG_TOKEN_ACCOUNT] = {"an account token", "account token"},
+  };
   unsigned char digest[TG_DIGEST_BYTES];
   char hex[TG_DIGEST_HEX_LEN + 1];
-  tg_token_type_t type;
-  json_t *r = NULL;
-  int result = tg_token_check(text, len, &type, p);
+  tg_token_type_t got;
   *row = NULL;
-  if (result)
-    goto out;
-  if (type != TG_TOKEN_ADMIN) {
-    result = tg_problem_set(p, TG_EAUTH, "", "not an admin token");
-    goto out;
-  }
+  int rc = tg_token_check(text, len, &got, p);
+  if (rc)
+    return rc;
+  if (got != type)
+    return tg_problem_set(p, TG_EAUTH, "", "not %s", names[type][0]);
   tg_token_digest(secret, text, len, digest);
   tg_hex_encode(digest, sizeof(digest), hex);
-  result = tg_store_get_by(s, TG_ENT_ADMIN_TOKEN, "digest", hex, &r, NULL);
-  if (result == TG_ENOTFOUND) {
-    result = tg_problem_set(p, TG_EAUTH, "", "unknown admin token");
-    goto out;
+  rc = tg_store_get_by(s, ent, "digest", hex, row, p);
+  if (rc == TG_ENOTFOUND) {
+    tg_problem_clear(p);
+    return tg_problem_set(p, TG_EAUTH, "", "unknown %s", names[type][1]);
   }
+  return rc;
+}
+
+int tg_admin_token_authenticate(tg_store_t *s, const tg_secret_t *secret, const char *text,
+                                size_t len, json_t **row, tg_problem_t *p) {
+  json_t *r = NULL;
+  int result = tg_token_find(s, secret, TG_ENT_ADMIN_TOKEN, TG_TOKEN_ADMIN, text, len, &r, p);
+  *row = NULL;
   if (result)
     goto out;
   const char *status = json_string_value(json_object_get(r, "status"));

@@ -34,6 +34,17 @@ int tg_admin_token_create(tg_store_t *s, const tg_secret_t *secret, const char *
                           tg_problem_t *p);
 
 /*
+ * The row of `ent` (an entity with a digest column: keys, admin tokens,
+ * sessions, account tokens) that token text[0..len) of `type` names,
+ * found by its keyed digest. TG_OK with *row (new reference); TG_EAUTH
+ * with the reason in p: malformed (tg_token_check's words), "not <an
+ * admin token>" (another type), "unknown <admin token>"; or a store
+ * error. Status and expiry are the caller's to check.
+ */
+int tg_token_find(tg_store_t *s, const tg_secret_t *secret, tg_entity_t ent, tg_token_type_t type,
+                  const char *text, size_t len, json_t **row, tg_problem_t *p);
+
+/*
  * Find the active, unexpired admin token whose text is text[0..len).
  * TG_OK with *row, or TG_EAUTH (malformed, unknown, revoked or expired:
  * deliberately not distinguished to the caller; p says which for logs).
