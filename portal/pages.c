@@ -1276,8 +1276,10 @@ static int do_subscribe(portal_req_t *r, json_t *app, json_t **row, tg_problem_t
                      "plan_id", plan_id);
   rc = fields ? tg_subscription_create(r->store, fields, row, p)
               : tg_problem_set(p, TG_ENOMEM, "", NULL);
-  if (rc == TG_ECONFLICT)
+  if (rc == TG_ECONFLICT) { /* our words, on the form's field, not the store's */
+    tg_problem_clear(p);
     tg_problem_set(p, TG_ECONFLICT, "plan_id", "This app is already subscribed to that API.");
+  }
 out:
   json_decref(plan);
   json_decref(api);
@@ -1285,29 +1287,19 @@ out:
   return rc;
 }
 
+/* do_cancel, do_revoke: change_or_404 checked that params[1] is a
+ * subscription / key of this app. */
 static int do_cancel(portal_req_t *r, json_t *app, json_t **row, tg_problem_t *p) {
-  json_t *sub = NULL;
-  const char *id = r->params[1];
-  int rc = TG_ENOTFOUND;
-  if (tg_model_id_valid(id, "sub") &&
-      tg_store_get(r->store, TG_ENT_SUBSCRIPTION, id, &sub, p) == TG_OK &&
-      strcmp(str(sub, "app_id"), str(app, "id")) == 0)
-    rc = tg_subscription_transition(r->store, id, "cancel", row, p);
-  json_decref(sub);
-  if (rc == TG_ECONFLICT)
+  int rc = tg_subscription_transition(r->store, r->params[1], "cancel", row, p);
+  if (rc == TG_ECONFLICT) {
+    tg_problem_clear(p);
     tg_problem_set(p, TG_ECONFLICT, "form", "This subscription has ended already.");
+  }
   return rc;
 }
 
 static int do_revoke(portal_req_t *r, json_t *app, json_t **row, tg_problem_t *p) {
-  json_t *key = NULL;
-  const char *id = r->params[1];
-  int rc = TG_ENOTFOUND;
-  if (tg_model_id_valid(id, "key") && tg_store_get(r->store, TG_ENT_KEY, id, &key, p) == TG_OK &&
-      strcmp(str(key, "app_id"), str(app, "id")) == 0)
-    rc = tg_key_revoke(r->store, id, row, p);
-  json_decref(key);
-  return rc;
+  return tg_key_revoke(r->store, r->params[1], row, p);
 }
 
 /* Routes whose target may not exist: a missing subscription or key is the
@@ -1439,8 +1431,10 @@ static void h_key_rotate(portal_req_t *r) {
   }
   if (rc == TG_EINVAL || rc == TG_ECONFLICT) {
     json_t *ctx = app_ctx(r, app, &p);
-    if (rc == TG_ECONFLICT)
+    if (rc == TG_ECONFLICT) {
+      tg_problem_clear(&p);
       tg_problem_set(&p, TG_ECONFLICT, "grace", "Only an active key can be rotated.");
+    }
     form_error(r, rc == TG_EINVAL ? 422 : 409, "app", ctx, &p, "grace");
     json_decref(ctx);
   } else if (rc) {
