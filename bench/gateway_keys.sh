@@ -221,6 +221,14 @@ cpu_ticks() {
   echo $s
 }
 HZ=$(getconf CLK_TCK)
+# Per thread of a tollgate process: "name ticks" lines (threads are named
+# tg-worker-N, tg-meter, tg-config, tg-health, tg-status).
+thread_ticks() {
+  local t
+  for t in /proc/"$1"/task/*; do
+    echo "$(cat "$t/comm" 2>/dev/null) $(awk '{print $14 + $15}' "$t/stat" 2>/dev/null || echo 0)"
+  done
+}
 # Other load: CPU the machine spent during a run beyond this bench's own
 # processes (every server here, and wrk: the shell's reaped children), in
 # cores. A run with more than NOISE cores of it is run again after a pause,
@@ -306,6 +314,7 @@ run() { # name
     : > "$work/ngx_access.log"
     for n in tg-10k tg-1m tg-10k-nomet; do : > "$work/$n.access"; done
     c0=$(cpu_ticks "$name") b0=$(busy_ticks) o0=$(own_ticks) t0=$(ms_now)
+    [ -n "${GWPID[$name]:-}" ] && thread_ticks "${GWPID[$name]}" > "$work/thr0"
     if [ -n "${PERF_OUT:-}" ] && [ "$name" != upstream ]; then
       # a profile of the server over the middle of the run, and its
       # scheduling counts (perf's own CPU counts as other load: use it to
@@ -320,6 +329,7 @@ run() { # name
     out=$("${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" --latency -s keys.lua "${URL[$name]}")
     alive
     c1=$(cpu_ticks "$name") b1=$(busy_ticks) o1=$(own_ticks) t1=$(ms_now)
+    [ -n "${GWPID[$name]:-}" ] && thread_ticks "${GWPID[$name]}" > "$work/thr1"
     other=$(echo "$((b1 - b0 - o1 + o0)) $HZ $((t1 - t0))" | awk '{o = $1 / $2 / ($3 / 1000); printf "%.2f", o < 0 ? 0 : o}')
     note=""
     awk -v o="$other" -v n="$NOISE" 'BEGIN {exit !(o <= n)}' && break
@@ -340,6 +350,17 @@ run() { # name
   printf '%-13s %10s req/s  p50 %6.2f ms  p99 %6.2f ms  CPU %5s us/req  other %s  log lines %-9s %s\n' \
     "$name" "$rps" "$(echo "$p50" | awk '{print $1 / 1000}')" "$(echo "$p99" | awk '{print $1 / 1000}')" \
     "$cpu" "$other" "$lines" "$note $bad"
+  if [ -n "${GWPID[$name]:-}" ]; then # where tollgate's CPU went, by thread
+    echo "$out" | awk -v hz="$HZ" -v f0="$work/thr0" -v f1="$work/thr1" '
+      /requests in/ {n = $1}
+      END {
+        while ((getline l < f0) > 0) {split(l, a, " "); t0[a[1]] += a[2]}
+        while ((getline l < f1) > 0) {split(l, a, " "); t1[a[1]] += a[2]}
+        s = "  CPU by thread (us/req):"
+        for (k in t1) if (k != "") s = s sprintf(" %s %.2f", k, (t1[k] - t0[k]) * 1e6 / hz / n)
+        print s
+      }'
+  fi
   echo "$rps $p50 $p99 $cpu ${note:+1}" >> "$work/res-$name"
 }
 read -r -a CONFIGS <<<"${ONLY:-nginx-gw tg-10k tg-1m tg-10k-nomet upstream}"

@@ -47,7 +47,8 @@ typedef struct tg_store_vtab {
   int (*scan)(tg_store_t *s, const tg_entity_desc_t *d, const char *only_id,
               const tg_field_t *const *cols, int ncols, tg_scan_cb cb, void *ctx, tg_problem_t *p);
   /* rows: n >= 1 rows that passed store.c's checks. */
-  int (*usage_add)(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p);
+  int (*usage_add)(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size_t every,
+                   void (*pause)(void), tg_problem_t *p);
   int (*usage_open)(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
                     tg_problem_t *p);
   int (*usage_next)(tg_usage_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p);

@@ -330,6 +330,11 @@ static int check_usage_row(const tg_usage_row_t *r, size_t i, tg_problem_t *p) {
 }
 
 int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p) {
+  return tg_store_usage_add_paced(s, rows, n, 0, NULL, p);
+}
+
+int tg_store_usage_add_paced(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size_t every,
+                             void (*pause)(void), tg_problem_t *p) {
   if (n == 0)
     return TG_OK;
   if (!rows)
@@ -339,7 +344,7 @@ int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_p
     if (rc)
       return rc;
   }
-  return s->vt->usage_add(s, rows, n, p);
+  return s->vt->usage_add(s, rows, n, pause ? every : 0, pause, p);
 }
 
 const char *const tg_usage_reasons[TG_USAGE_REASONS] = {

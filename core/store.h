@@ -235,7 +235,9 @@ typedef struct tg_usage_row {
  * Add rows to the ledger in one transaction: a row whose primary key
  * (granularity, period_start, key_id, api_id, plan_id, status_class,
  * reason) exists has every counter increased by the new values (UPSERT);
- * subscription_id, app_id and developer_id take the new values. All or
+ * subscription_id takes the new value, while app_id and developer_id stay
+ * those the row was created with (a key's app and an app's developer
+ * never change). All or
  * nothing: on error nothing was added (TG_EBUSY when the store is locked
  * past the busy timeout: the caller keeps the rows and retries). A row
  * that breaks the ledger's rules gives TG_EINVAL naming it
@@ -243,6 +245,14 @@ typedef struct tg_usage_row {
  * savepoint of the caller's transaction.
  */
 int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_problem_t *p);
+
+/*
+ * tg_store_usage_add, with pause() called after every `every` rows (0:
+ * never) inside the one transaction: the gateway's metering thread shares
+ * a core with a worker and gives the CPU back between slices.
+ */
+int tg_store_usage_add_paced(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size_t every,
+                             void (*pause)(void), tg_problem_t *p);
 
 /*
  * Calls that count against quotas since `since` (unix seconds, inclusive),

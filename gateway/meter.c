@@ -232,6 +232,10 @@ typedef struct row_ids {
   char api[GW_POL_ID_LEN + 1];
 } row_ids_t;
 
+static void give_way(void) {
+  sched_yield();
+}
+
 /* Write pending rows in one transaction. true: written (or nothing to). */
 static bool flush(void) {
   size_t n = m.pending->n;
@@ -283,16 +287,7 @@ static bool flush(void) {
    * and milliseconds of SQLite at a stretch would be milliseconds added
    * to every request that worker holds (the tail of the latency, as the
    * keys bench showed: p99 1.5 ms with metering off, 3 ms with it on). */
-  int rc = tg_store_begin(m.store, &p);
-  bool began = rc == TG_OK;
-  for (size_t off = 0; rc == TG_OK && off < r; off += FLUSH_SLICE) {
-    rc = tg_store_usage_add(m.store, rows + off, r - off < FLUSH_SLICE ? r - off : FLUSH_SLICE, &p);
-    sched_yield();
-  }
-  if (rc == TG_OK)
-    rc = tg_store_commit(m.store, &p);
-  else if (began)
-    tg_store_rollback(m.store);
+  int rc = tg_store_usage_add_paced(m.store, rows, r, FLUSH_SLICE, give_way, &p);
   if (rc == TG_OK) {
     /* keys' last_used_day: written once per key and day, in a transaction
      * of their own (bookkeeping, not a change of the key; a failure here
@@ -364,6 +359,7 @@ static void ask_workers(void) {
 
 static void *meter_main(void *arg) {
   (void)arg;
+  pthread_setname_np(pthread_self(), "tg-meter");
   int64_t interval = tg_config_int(m.srv->cfg, "metering_interval");
   pthread_mutex_lock(&m.lock);
   while (!m.stop) {

@@ -2372,6 +2372,9 @@ static void defer_free(gw_worker_t *w, gw_conn_t *c) {
 
 static void *worker_main(void *arg) {
   gw_worker_t *w = arg;
+  char name[16];
+  snprintf(name, sizeof(name), "tg-worker-%d", w->index);
+  pthread_setname_np(pthread_self(), name);
   w->now_us = now_us();
   w->now = w->now_us / 1000;
   gw_server_t *srv = w->srv;

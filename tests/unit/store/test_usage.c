@@ -170,8 +170,10 @@ TG_TEST(usage_add_inserts_then_adds_onto_existing_rows) {
   want.latency_us_sum = first[0].latency_us_sum + 2 * more.latency_us_sum;
   for (int k = 0; k < TG_USAGE_BUCKETS; k++)
     want.h[k] = first[0].h[k] + 2 * more.h[k];
+  want.app_id = first[0].app_id; /* app and developer: those of the first write */
+  want.developer_id = first[0].developer_id;
   ASSERT(read_row(&more, &got));
-  assert_stored(&got, &want); /* app, developer, subscription: the new ones */
+  assert_stored(&got, &want); /* the subscription: the new one */
   /* the rejected row is a different key (status_class, reason): untouched */
   ASSERT(read_row(&first[1], &got));
   assert_stored(&got, &first[1]);
@@ -355,6 +357,50 @@ TG_TEST(usage_add_rolls_back_the_whole_batch_when_the_store_refuses_a_row) {
   EXPECT_RC(tg_store_usage_add(S, &gone, 1, &p), TG_OK, "");
   tg_store_rollback(S);
   ASSERT_INT_EQ(ledger_rows(), 2);
+}
+
+/* The metering thread's pause: what another connection sees mid-flush. */
+static int pauses, seen_mid_flush = -1;
+static void count_pause(void) {
+  if (pauses++ == 0)
+    seen_mid_flush = ledger_rows();
+}
+
+TG_TEST(usage_add_paced_pauses_between_slices_of_one_transaction) {
+  fresh();
+  tg_problem_t p = {0};
+  static char keys[10][8];
+  tg_usage_row_t rows[10];
+  for (int i = 0; i < 10; i++) {
+    snprintf(keys[i], sizeof(keys[i]), "key_%d", i);
+    rows[i] = urow(keys[i], "sub_A", 2, "", i + 1);
+  }
+  pauses = 0;
+  seen_mid_flush = -1;
+  EXPECT_RC(tg_store_usage_add_paced(S, rows, 10, 3, count_pause, &p), TG_OK, "");
+  ASSERT_INT_EQ(pauses, 3);         /* after rows 3, 6 and 9; not after the last */
+  ASSERT_INT_EQ(seen_mid_flush, 0); /* nothing committed until the end */
+  ASSERT_INT_EQ(ledger_rows(), 10);
+  stored_t got;
+  ASSERT(read_row(&rows[9], &got));
+  assert_stored(&got, &rows[9]);
+
+  /* A bad row is found before anything is written or paused for. */
+  pauses = 0;
+  rows[7].status_class = 9;
+  EXPECT_RC(tg_store_usage_add_paced(S, rows, 10, 3, count_pause, &p), TG_EINVAL,
+            "rows[7].status_class");
+  ASSERT_INT_EQ(pauses, 0);
+  /* An overflow only the store sees rolls back rows already written and
+   * paused over. */
+  rows[7].status_class = 2;
+  rows[8].calls = INT64_MAX;
+  rows[8].h[3] = INT64_MAX;
+  tg_problem_clear(&p);
+  ASSERT_INT_NE(tg_store_usage_add_paced(S, rows, 10, 3, count_pause, &p), TG_OK);
+  ASSERT_INT_EQ(pauses, 2);
+  ASSERT(read_row(&rows[0], &got));
+  ASSERT_INT_EQ(got.ints[0], 1); /* calls: the first add only */
 }
 
 TG_TEST(usage_add_on_a_locked_store_is_busy_and_can_be_retried) {
