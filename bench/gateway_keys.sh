@@ -37,7 +37,10 @@
 # Loopback only; every wrk run is bounded by DUR; everything is removed at
 # the end. ONLY="nginx-gw tg-10k" runs those configurations alone;
 # PERF_OUT=DIR records a perf profile of each tollgate run there;
-# UPSTREAM_CPU=1 (1 worker) pins the upstream beside wrk, not the proxy.
+# HOLD=SECONDS starts everything, prints the URLs and waits (to look by
+# hand); FIXED=0.7 sets the open-loop rate (below) as a fraction of nginx-gw's;
+# UPSTREAM_CPU=1 (1 worker) pins the upstream beside wrk, not the proxy;
+# UPSTREAM_SCHED=batch keeps it beside the proxy without wake-up preemption.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=${1:-1}
@@ -50,7 +53,7 @@ for p in nginx wrk; do
   command -v $p >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     $([ $p = nginx ] && echo nginx-light || echo wrk) >/dev/null
 done
-for b in gateway/tollgate-gateway admin-api/tollgate-server cli/tollgate; do
+for b in gateway/tollgate-gateway admin-api/tollgate-server cli/tollgate bench/loadgen; do
   [ -x build/$b ] || { echo "build/$b missing: run scripts/build.sh" >&2; exit 1; }
 done
 HELPER=$PWD/bench/gateway_keys.py
@@ -68,6 +71,7 @@ trap cleanup EXIT
 cp build/gateway/tollgate-gateway "$work/gw-under-bench"
 cp build/admin-api/tollgate-server "$work/srv-under-bench"
 cp build/cli/tollgate "$work/cli-under-bench"
+cp build/bench/loadgen "$work/loadgen"
 GWBIN=$work/gw-under-bench CLI=$work/cli-under-bench SRVBIN=$work/srv-under-bench
 cd "$work"
 : > empty.conf
@@ -85,6 +89,12 @@ if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; 
   # upstream is preempted by every upstream wake-up)
   PIN_UP=(taskset -c "${UPSTREAM_CPU:-0}")
 fi
+# UPSTREAM_SCHED=batch runs the upstream as SCHED_BATCH: it keeps its share
+# of the CPU but its wake-ups no longer preempt the proxy it shares a core
+# with (what a remote upstream's would not do either). perf sched showed
+# the proxy preempted 0.65 (nginx-gw) to 0.8 (tollgate) times per request
+# by the upstream otherwise, and ~0 with it.
+[ "${UPSTREAM_SCHED:-}" = batch ] && PIN_UP=(chrt -b 0 "${PIN_UP[@]}")
 ms_now() { echo $(($(date +%s%N) / 1000000)); }
 rss() { awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$1/status"; }
 code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $2" "$1"; }
@@ -221,6 +231,22 @@ cpu_ticks() {
   echo $s
 }
 HZ=$(getconf CLK_TCK)
+# Context switches of the threads that serve requests (nginx's workers,
+# tollgate's tg-worker-N threads), as "voluntary preempted": a worker that
+# waits for events switches voluntarily; one the scheduler takes the CPU
+# from (to run the upstream, say) is preempted.
+switches() {
+  local t dirs=()
+  case $1 in
+    nginx-gw) for t in $(pgrep -P "$NGXPID"); do dirs+=("/proc/$t"); done ;;
+    upstream) return 0 ;;
+    *) for t in /proc/"${GWPID[$1]}"/task/*; do
+         case $(cat "$t/comm" 2>/dev/null) in tg-worker-*) dirs+=("$t") ;; esac
+       done ;;
+  esac
+  cat "${dirs[@]/%//status}" 2>/dev/null |
+    awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'
+}
 # Per thread of a tollgate process: "name ticks" lines (threads are named
 # tg-worker-N, tg-meter, tg-config, tg-health, tg-status).
 thread_ticks() {
@@ -294,6 +320,12 @@ for n in nginx-gw tg-10k tg-1m tg-10k-nomet; do
 done
 expect "${URL[tg-1m]}" "$(cut -f2 kbig/revoke.tsv | tail -1)" 200
 echo "checked: each gateway admits seeded keys (200) and refuses unknown and missing keys"
+if [ -n "${HOLD:-}" ]; then # keep everything up HOLD seconds, to look at by hand
+  for n in nginx-gw tg-10k tg-1m tg-10k-nomet upstream; do echo "hold: $n ${URL[$n]} pid ${GWPID[$n]:-}"; done
+  echo "hold: keys $work/k10/wrk_keys.txt; loadgen $work/loadgen"
+  sleep "$HOLD"
+  exit 0
+fi
 
 # ---- throughput --------------------------------------------------------------
 to_us() { # "1.23ms" -> 1230
@@ -309,12 +341,13 @@ alive() { # every server still up? (a dead one would skew every number after it)
 }
 run() { # name
   alive
-  local name=$1 out rps p50 p99 bad lines c0 c1 cpu b0 b1 o0 o1 t0 t1 other try note
+  local name=$1 out rps p50 p99 bad lines c0 c1 cpu b0 b1 o0 o1 t0 t1 other try note sv0 sn0 sv1 sn1
   for try in $(seq "$TRIES"); do
     : > "$work/ngx_access.log"
     for n in tg-10k tg-1m tg-10k-nomet; do : > "$work/$n.access"; done
     c0=$(cpu_ticks "$name") b0=$(busy_ticks) o0=$(own_ticks) t0=$(ms_now)
     [ -n "${GWPID[$name]:-}" ] && thread_ticks "${GWPID[$name]}" > "$work/thr0"
+    read -r sv0 sn0 < <(switches "$name")
     if [ -n "${PERF_OUT:-}" ] && [ "$name" != upstream ]; then
       # a profile of the server over the middle of the run, and its
       # scheduling counts (perf's own CPU counts as other load: use it to
@@ -323,13 +356,14 @@ run() { # name
       pids=$(cpu_pids "$name" | paste -sd, -)
       (sleep 2; perf record -q -g -p "$pids" -o "$PERF_OUT/perf-$name.data" \
          -- sleep 5 >/dev/null 2>&1) &
-      (sleep 2; perf stat -e task-clock,context-switches,cpu-migrations -p "$pids" \
+      (sleep 2; perf stat -e task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter -p "$pids" \
          -o "$PERF_OUT/stat-$name-$try.txt" -- sleep 5 >/dev/null 2>&1) &
     fi
     out=$("${PIN_WRK[@]}" wrk -t1 -c"$CONNS" -d"$DUR" --latency -s keys.lua "${URL[$name]}")
     alive
     c1=$(cpu_ticks "$name") b1=$(busy_ticks) o1=$(own_ticks) t1=$(ms_now)
     [ -n "${GWPID[$name]:-}" ] && thread_ticks "${GWPID[$name]}" > "$work/thr1"
+    read -r sv1 sn1 < <(switches "$name")
     other=$(echo "$((b1 - b0 - o1 + o0)) $HZ $((t1 - t0))" | awk '{o = $1 / $2 / ($3 / 1000); printf "%.2f", o < 0 ? 0 : o}')
     note=""
     awk -v o="$other" -v n="$NOISE" 'BEGIN {exit !(o <= n)}' && break
@@ -350,6 +384,9 @@ run() { # name
   printf '%-13s %10s req/s  p50 %6.2f ms  p99 %6.2f ms  CPU %5s us/req  other %s  log lines %-9s %s\n' \
     "$name" "$rps" "$(echo "$p50" | awk '{print $1 / 1000}')" "$(echo "$p99" | awk '{print $1 / 1000}')" \
     "$cpu" "$other" "$lines" "$note $bad"
+  [ "$name" = upstream ] || echo "$out" | awk -v v=$((sv1 - sv0)) -v n=$((sn1 - sn0)) '
+    /requests in/ {printf "  worker switches per 1,000 requests: %.0f waiting, %.0f preempted\n",
+                   v * 1000 / $1, n * 1000 / $1}'
   if [ -n "${GWPID[$name]:-}" ]; then # where tollgate's CPU went, by thread
     echo "$out" | awk -v hz="$HZ" -v f0="$work/thr0" -v f1="$work/thr1" '
       /requests in/ {n = $1}
@@ -415,6 +452,53 @@ have tg-1m tg-10k &&
 have tg-10k tg-10k-nomet &&
   echo "tollgate metering on / off:   throughput $(ratio "${RPS[tg-10k]}" "${RPS[tg-10k-nomet]}")x (target >= 0.95)"
 
+# ---- tail latency at a fixed rate ------------------------------------------
+# wrk is a closed loop: at saturation its p99 mostly restates throughput
+# (64 connections / req/s), and a server that stalls also stalls wrk. So
+# the same configurations run again under bench/loadgen, an open loop
+# (wrk2's method): a fixed rate, FIXED (0.7) x nginx-gw's median req/s,
+# the same 1,000 random keys, latency counted from each request's
+# intended send time. FIXED=0 skips this part. FCONNS (256) connections:
+# at a fixed rate they add no load, only room (a burst that finds every
+# connection busy waits, and the wait counts: "late").
+FIXED=${FIXED:-0.7}
+FCONNS=${FCONNS:-256}
+LOADGEN=$work/loadgen
+if have nginx-gw && [ "$FIXED" != 0 ]; then
+  RATE=$(echo "${RPS[nginx-gw]} $FIXED" | awk '{printf "%d", $1 * $2}')
+  secs=$(echo "$DUR" | sed 's/s$//')
+  FCONFIGS=()
+  for n in "${CONFIGS[@]}"; do [ "$n" = upstream ] || FCONFIGS+=("$n"); done
+  echo
+  echo "-- open loop at $RATE req/s ($FIXED x nginx-gw), $FCONNS connections, ${secs}s each"
+  for r in $(seq "$ROUNDS"); do
+    for i in $(seq 0 $((${#FCONFIGS[@]} - 1))); do
+      n=${FCONFIGS[$(((i + r - 1) % ${#FCONFIGS[@]}))]}
+      alive
+      out=$("${PIN_WRK[@]}" "$LOADGEN" -u "${URL[$n]}" -r "$RATE" -c "$FCONNS" -d "$secs" -w 2 \
+              -k k10/wrk_keys.txt)
+      echo "$out" | awk -v n="$n" '
+        /^loadgen:/ {done = $7}
+        /^latency/ {p50 = $4; p99 = $8; p999 = $10; max = $12}
+        /^status/ {bad = $5 + $7 + $9 + $11; late = $13}
+        END {printf "%-13s %9s done  p50 %6.2f ms  p99 %6.2f ms  p99.9 %6.2f ms  max %6.2f ms  non-2xx+errors %s  late %s\n",
+                    n, done, p50 / 1000, p99 / 1000, p999 / 1000, max / 1000, bad, late}'
+      echo "$out" | awk '/^latency/ {print $4, $8, $10}' >> "$work/fix-$n"
+    done
+  done
+  echo
+  echo "== open loop at $RATE req/s, medians of $ROUNDS rounds"
+  printf '%-28s %9s %9s %9s\n' configuration "p50 ms" "p99 ms" "p99.9 ms"
+  declare -A F99
+  for n in "${FCONFIGS[@]}"; do
+    F99[$n]=$(median "fix-$n" 2)
+    printf '%-28s %9.2f %9.2f %9.2f\n' "$(label "$n")" "$(median "fix-$n" 1 | awk '{print $1 / 1000}')" \
+      "$(echo "${F99[$n]}" | awk '{print $1 / 1000}')" "$(median "fix-$n" 3 | awk '{print $1 / 1000}')"
+  done
+  [ -n "${F99[tg-10k]:-}" ] &&
+    echo "tollgate 10k / nginx-gw:      p99 at a fixed rate $(ratio "${F99[tg-10k]}" "${F99[nginx-gw]}")x (target <= 1.0)"
+fi
+
 # ---- revocation ------------------------------------------------------------
 revocation() { # gateway-name store key-dir
   local name=$1 db=$2 dir=$3 token spid
@@ -438,4 +522,4 @@ revocation() { # gateway-name store key-dir
 echo
 revocation tg-10k k10.db k10
 revocation tg-1m kbig.db kbig
-echo "command: DUR=$DUR CONNS=$CONNS NGX_AUTH=$NGX_AUTH bench/gateway_keys.sh $WORKERS $ROUNDS"
+echo "command: DUR=$DUR CONNS=$CONNS NGX_AUTH=$NGX_AUTH FIXED=$FIXED${UPSTREAM_CPU:+ UPSTREAM_CPU=$UPSTREAM_CPU}${UPSTREAM_SCHED:+ UPSTREAM_SCHED=$UPSTREAM_SCHED}${ONLY:+ ONLY=\"$ONLY\"} bench/gateway_keys.sh $WORKERS $ROUNDS"

@@ -41,10 +41,11 @@
 #define GW_IO_BUF (16 * 1024)
 /* A request body up to this size is kept so that the request can be sent
  * again to another target (retries); larger bodies stream once. */
-#define GW_REPLAY_MAX (64 * 1024)
-#define GW_EVENTS     256
-#define GW_LOG_BUF    (64 * 1024)
-#define GW_PATH_MAX   8192
+#define GW_REPLAY_MAX   (64 * 1024)
+#define GW_EVENTS       256
+#define GW_LOG_BUF      (64 * 1024)
+#define GW_LOG_FLUSH_MS 100 /* access-log lines wait at most this long in the buffer */
+#define GW_PATH_MAX     8192
 
 enum { K_LISTEN = 1, K_LISTEN_TLS, K_CLIENT, K_UP, K_WAKE };
 
@@ -176,6 +177,7 @@ struct gw_worker {
   bool draining;
   char logbuf[GW_LOG_BUF];
   size_t loglen;
+  int64_t log_due; /* ms: when the buffer's first line has waited long enough */
   uint64_t rng;
   /* snapshots still used by in-flight requests (see snap_hold) */
   struct {
@@ -709,6 +711,8 @@ static void access_log(gw_conn_t *c) {
     return;
   if (w->loglen > GW_LOG_BUF - 4096)
     log_flush(w);
+  if (w->loglen == 0)
+    w->log_due = w->now + GW_LOG_FLUSH_MS;
   /* every stamp on one microsecond clock, the split made before rounding:
    * milliseconds of each part would not add up (a negative gateway part) */
   int64_t wall = w->wall_ms, us = c->ended_us - c->started_us, ms = us / 1000;
@@ -2415,8 +2419,10 @@ static void *worker_main(void *arg) {
       int64_t d = w->heap[0]->heap_key - now_ms();
       timeout = d < 0 ? 0 : (d > 1000 ? 1000 : (int)d);
     }
-    if (w->loglen > 0)
-      timeout = timeout > 200 ? 200 : timeout;
+    if (w->loglen > 0) {
+      int64_t d = w->log_due - now_ms();
+      timeout = d < 0 ? 0 : (d < timeout ? (int)d : timeout);
+    }
     if (w->nagain > 0)
       timeout = 0;
     int n = epoll_wait(w->ep, evs, GW_EVENTS, timeout);
@@ -2515,7 +2521,12 @@ static void *worker_main(void *arg) {
       sweep_pools(w);
       last_sweep = now;
     }
-    log_flush(w);
+    /* the access log is written when its buffer fills (access_log) or
+     * its oldest line is GW_LOG_FLUSH_MS old, as nginx's buffer= and
+     * flush=: a write per loop turn cost a syscall per request or two
+     * when turns are short (an open-loop client at a steady rate) */
+    if (w->loglen > 0 && now >= w->log_due)
+      log_flush(w);
   }
   log_flush(w);
   /* what this worker counted now belongs to gw_meter_stop */
