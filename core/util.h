@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "core/error.h"
 
@@ -32,6 +33,14 @@ static inline int tg_hex_digit(int c) {
   if (c >= 'A' && c <= 'F')
     return c - 'A' + 10;
   return -1;
+}
+
+/* Monotonic microseconds: intervals and deadlines, never shown or stored
+ * (inline: the gateway's workers read it on every loop turn). */
+static inline int64_t tg_mono_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* Current time in unix seconds / milliseconds, or the test override. */

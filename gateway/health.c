@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/util.h"
 #include "gateway/gw.h"
 #include "gateway/tls.h"
 
@@ -330,9 +331,7 @@ static int nprobes, capprobes;
 static struct pollfd *pfds;
 
 static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return tg_mono_us() / 1000;
 }
 
 static void probe_free(hc_probe_t *p) {

@@ -250,22 +250,16 @@ static struct {
   int64_t started_us, slice_us, budget_us;
 } pace;
 
-static int64_t mono_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void pace_start(bool on) {
   pace.on = on;
-  pace.started_us = pace.slice_us = mono_us();
+  pace.started_us = pace.slice_us = tg_mono_us();
   pace.budget_us = tg_config_int(m.srv->cfg, "metering_interval") * 1000 / FLUSH_BUDGET;
 }
 
 static void give_way(void) {
   if (!pace.on)
     return;
-  int64_t now = mono_us();
+  int64_t now = tg_mono_us();
   int64_t nap = (now - pace.slice_us) * FLUSH_REST;
   if (now - pace.started_us < pace.budget_us && nap > 0) {
     struct timespec ts = {0, (long)(nap < FLUSH_NAP_MAX_US ? nap : FLUSH_NAP_MAX_US) * 1000};
@@ -273,7 +267,7 @@ static void give_way(void) {
   } else {
     sched_yield();
   }
-  pace.slice_us = mono_us();
+  pace.slice_us = tg_mono_us();
 }
 
 /* Write pending rows in one transaction, paced (give_way) while workers

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/util.h"
 #include "gateway/gw.h"
 #include "gateway/tls.h"
 
@@ -201,14 +202,8 @@ struct gw_worker {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static int64_t now_ms(void) {
-  return now_us() / 1000;
+  return tg_mono_us() / 1000;
 }
 
 static uint64_t rng_next(gw_worker_t *w) {
@@ -579,7 +574,7 @@ static void conn_free(gw_conn_t *c) {
   gw_worker_t *w = c->w;
   timer_cancel(c);
   if (c->status != 0) { /* a request in flight when the connection went */
-    c->ended_us = now_us();
+    c->ended_us = tg_mono_us();
     meter_request(c);
   }
   request_release(c);
@@ -1458,7 +1453,7 @@ static bool client_flush(gw_conn_t *c) {
 }
 
 static void request_done(gw_conn_t *c) {
-  c->ended_us = now_us(); /* one clock read for the metrics, the ledger and the log */
+  c->ended_us = tg_mono_us(); /* one clock read for the metrics, the ledger and the log */
   count_request(c);
   meter_request(c);
   access_log(c);
@@ -2379,7 +2374,7 @@ static void *worker_main(void *arg) {
   char name[16];
   snprintf(name, sizeof(name), "tg-worker-%d", w->index);
   pthread_setname_np(pthread_self(), name);
-  w->now_us = now_us();
+  w->now_us = tg_mono_us();
   w->now = w->now_us / 1000;
   gw_server_t *srv = w->srv;
   w->wall_ms = gw_wall_ms(srv);
@@ -2426,7 +2421,7 @@ static void *worker_main(void *arg) {
     if (w->nagain > 0)
       timeout = 0;
     int n = epoll_wait(w->ep, evs, GW_EVENTS, timeout);
-    w->now_us = now_us();
+    w->now_us = tg_mono_us();
     w->now = w->now_us / 1000;
     w->wall_ms = gw_wall_ms(srv);
     /* the snapshot may have changed while we slept: requests in this
@@ -2503,7 +2498,7 @@ static void *worker_main(void *arg) {
     for (int i = 0; i < w->ndead; i++)
       conn_free(w->dead[i]);
     w->ndead = 0;
-    w->now_us = now_us();
+    w->now_us = tg_mono_us();
     int64_t now = w->now = w->now_us / 1000;
     while (w->nheap > 0 && w->heap[0]->heap_key <= now) {
       gw_conn_t *c = w->heap[0];
