@@ -7,8 +7,9 @@
  * Once per metering_interval the metering thread asks every worker for
  * its table (the worker hands it over at the top of its next loop turn
  * and carries on with an empty one), merges them into its pending rows
- * and writes those to the usage ledger in one transaction
- * (tg_store_usage_add). If the store cannot be written (locked, gone),
+ * and writes those to the usage ledger in one transaction, paced so
+ * that it never holds a worker's core for long (tg_store_usage_add_paced;
+ * meter.c says how). If the store cannot be written (locked, gone),
  * the rows stay pending and the next turn tries again; pending rows are
  * bounded (metering_max_pending: the oldest minute is dropped, logged).
  *
