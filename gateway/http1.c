@@ -292,12 +292,12 @@ static bool parse_connection(const unsigned char *v, size_t n, unsigned *flags) 
     size_t tl = i - st;
     while (i < n && is_ows(v[i]))
       i++;
-    if (tl == 5 && ieq(v + st, "close", 5))
-      *flags |= GW_CONN_CLOSE;
-    else if (tl == 10 && ieq(v + st, "keep-alive", 10))
+    if (tl == 10 && ieq(v + st, "keep-alive", 10))
       *flags |= GW_CONN_KEEP_ALIVE;
     else if (tl == 7 && ieq(v + st, "upgrade", 7))
       *flags |= GW_CONN_UPGRADE;
+    else if (tl > 0) /* "close" too: a field named Close is reserved, not hop-by-hop */
+      *flags |= GW_CONN_NAMES | (tl == 5 && ieq(v + st, "close", 5) ? GW_CONN_CLOSE : 0);
     if (i == n)
       return true;
     if (v[i] != ',')
@@ -321,13 +321,45 @@ typedef struct fields {
   unsigned conn;
 } fields_t;
 
-/* The meaning of one complete field line; statuses are a request's. */
-static int field_semantics(fields_t *f, const unsigned char *name, size_t nl,
-                           const unsigned char *v, size_t vl, int minor, bool request,
-                           gw_parse_error_t *err) {
+/* Which of the names the gateway acts on n[0..nl) is (gw_header_id_t):
+ * by length first, so most names are told apart by one comparison. */
+static uint8_t header_id(const unsigned char *n, size_t nl) {
   switch (nl) {
-  case 4: /* RFC 9110 7.2: a request has at most one Host */
-    if (request && ieq(name, "host", 4)) {
+  case 2: return ieq(n, "te", 2) ? GW_H_TE : GW_H_OTHER;
+  case 3: return ieq(n, "via", 3) ? GW_H_VIA : GW_H_OTHER;
+  case 4: return ieq(n, "host", 4) ? GW_H_HOST : GW_H_OTHER;
+  case 6: return ieq(n, "expect", 6) ? GW_H_EXPECT : GW_H_OTHER;
+  case 7:
+    return ieq(n, "trailer", 7) ? GW_H_TRAILER : ieq(n, "upgrade", 7) ? GW_H_UPGRADE : GW_H_OTHER;
+  case 9: return ieq(n, "forwarded", 9) ? GW_H_FORWARDED : GW_H_OTHER;
+  case 10:
+    return ieq(n, "connection", 10)   ? GW_H_CONNECTION
+           : ieq(n, "keep-alive", 10) ? GW_H_KEEP_ALIVE
+                                      : GW_H_OTHER;
+  case 11: return ieq(n, "traceparent", 11) ? GW_H_TRACEPARENT : GW_H_OTHER;
+  case 12: return ieq(n, "x-request-id", 12) ? GW_H_X_REQUEST_ID : GW_H_OTHER;
+  case 13: return ieq(n, "authorization", 13) ? GW_H_AUTHORIZATION : GW_H_OTHER;
+  case 14: return ieq(n, "content-length", 14) ? GW_H_CONTENT_LENGTH : GW_H_OTHER;
+  case 15: return ieq(n, "x-forwarded-for", 15) ? GW_H_X_FORWARDED_FOR : GW_H_OTHER;
+  case 16:
+    return ieq(n, "x-forwarded-host", 16)   ? GW_H_X_FORWARDED_HOST
+           : ieq(n, "proxy-connection", 16) ? GW_H_PROXY_CONNECTION
+                                            : GW_H_OTHER;
+  case 17:
+    return ieq(n, "transfer-encoding", 17)   ? GW_H_TRANSFER_ENCODING
+           : ieq(n, "x-forwarded-proto", 17) ? GW_H_X_FORWARDED_PROTO
+                                             : GW_H_OTHER;
+  case 19: return ieq(n, "proxy-authorization", 19) ? GW_H_PROXY_AUTHORIZATION : GW_H_OTHER;
+  default: return GW_H_OTHER;
+  }
+}
+
+/* The meaning of one complete field line; statuses are a request's. */
+static int field_semantics(fields_t *f, uint8_t id, const unsigned char *v, size_t vl, int minor,
+                           bool request, gw_parse_error_t *err) {
+  switch (id) {
+  case GW_H_HOST: /* RFC 9110 7.2: a request has at most one Host */
+    if (request) {
       if (f->host >= 0)
         return fail(err, 400, "A request must have exactly one Host header.");
       if (!host_ok(v, vl))
@@ -335,42 +367,38 @@ static int field_semantics(fields_t *f, const unsigned char *name, size_t nl,
       f->host = (int)f->n;
     }
     break;
-  case 6: /* RFC 9110 10.1.1: 100-continue is the only expectation */
-    if (request && ieq(name, "expect", 6)) {
+  case GW_H_EXPECT: /* RFC 9110 10.1.1: 100-continue is the only expectation */
+    if (request) {
       if (vl != 12 || !ieq(v, "100-continue", 12))
         return fail(err, 417, "The only supported expectation is 100-continue.");
       f->expect_continue = true;
     }
     break;
-  case 10: /* RFC 9110 7.6.1: several Connection lines form one list */
-    if (ieq(name, "connection", 10) && !parse_connection(v, vl, &f->conn))
+  case GW_H_CONNECTION: /* RFC 9110 7.6.1: several Connection lines form one list */
+    if (!parse_connection(v, vl, &f->conn))
       return fail(err, 400, "The Connection header must be a list of tokens.");
     break;
-  case 14: /* RFC 9112 6.3 items 4-5: one Content-Length, one value */
-    if (ieq(name, "content-length", 14)) {
-      if (f->content_length >= 0)
-        return fail(err, 400, "Content-Length must appear only once.");
-      if (!parse_content_length(v, vl, &f->content_length))
-        return fail(err, 400, "Content-Length must be a single decimal number.");
-      if (f->te)
-        return fail(err, 400, "Content-Length and Transfer-Encoding must not be combined.");
-    }
+  case GW_H_CONTENT_LENGTH: /* RFC 9112 6.3 items 4-5: one Content-Length, one value */
+    if (f->content_length >= 0)
+      return fail(err, 400, "Content-Length must appear only once.");
+    if (!parse_content_length(v, vl, &f->content_length))
+      return fail(err, 400, "Content-Length must be a single decimal number.");
+    if (f->te)
+      return fail(err, 400, "Content-Length and Transfer-Encoding must not be combined.");
     break;
-  case 17: /* RFC 9112 6.1: chunked, exactly once, HTTP/1.1 only */
-    if (ieq(name, "transfer-encoding", 17)) {
-      if (minor == 0)
-        return fail(err, 400, "Transfer-Encoding is not allowed in an HTTP/1.0 message.");
-      if (f->te)
-        return fail(err, 400, "Transfer-Encoding must appear only once.");
-      f->te = true;
-      if (vl == 0)
-        return fail(err, 400, "Transfer-Encoding must not be empty.");
-      if (vl != 7 || !ieq(v, "chunked", 7))
-        return fail(err, 501, "The only supported Transfer-Encoding is chunked.");
-      f->chunked = true;
-      if (f->content_length >= 0)
-        return fail(err, 400, "Content-Length and Transfer-Encoding must not be combined.");
-    }
+  case GW_H_TRANSFER_ENCODING: /* RFC 9112 6.1: chunked, exactly once, HTTP/1.1 only */
+    if (minor == 0)
+      return fail(err, 400, "Transfer-Encoding is not allowed in an HTTP/1.0 message.");
+    if (f->te)
+      return fail(err, 400, "Transfer-Encoding must appear only once.");
+    f->te = true;
+    if (vl == 0)
+      return fail(err, 400, "Transfer-Encoding must not be empty.");
+    if (vl != 7 || !ieq(v, "chunked", 7))
+      return fail(err, 501, "The only supported Transfer-Encoding is chunked.");
+    f->chunked = true;
+    if (f->content_length >= 0)
+      return fail(err, 400, "Content-Length and Transfer-Encoding must not be combined.");
     break;
   default: break;
   }
@@ -445,11 +473,13 @@ static int parse_fields(const unsigned char *b, size_t len, size_t p, size_t max
       ve--;
     if (ve - vs > UINT32_MAX)
       return fail(err, 431, too_big);
-    if (field_semantics(f, b + ls, nl, b + vs, ve - vs, minor, request, err) < 0)
+    const uint8_t id = header_id(b + ls, nl);
+    if (id != GW_H_OTHER && field_semantics(f, id, b + vs, ve - vs, minor, request, err) < 0)
       return -1;
     gw_header_t *h = &f->h[f->n++];
     h->name = (const char *)(b + ls);
     h->name_len = (uint16_t)nl;
+    h->id = id;
     h->value = (const char *)(b + vs);
     h->value_len = (uint32_t)(ve - vs);
     p += 2;
@@ -673,6 +703,18 @@ int gw_http1_parse_request(const char *buf, size_t len, const gw_limits_t *lim,
   return 1;
 }
 
+void gw_http1_request_rebase(gw_request_head_t *h, const char *from, const char *to) {
+#define REBASE(ptr) ((ptr) = (ptr) ? to + ((ptr)-from) : NULL)
+  REBASE(h->method_str);
+  REBASE(h->target);
+  REBASE(h->query);
+  for (unsigned i = 0; i < h->nheaders; i++) {
+    REBASE(h->headers[i].name);
+    REBASE(h->headers[i].value);
+  }
+#undef REBASE
+}
+
 /* ------------------------------------------------------------------------
  * Responses (RFC 9112 section 4)
  * ---------------------------------------------------------------------- */
@@ -764,6 +806,13 @@ int gw_http1_parse_response(const char *buf, size_t len, const gw_limits_t *lim,
   if (rc < 0 && err)
     err->status = 502; /* whatever the upstream did wrong, the client sees a 502 */
   return rc;
+}
+
+int gw_header_find(const gw_header_t *hs, unsigned n, gw_header_id_t id) {
+  for (unsigned i = 0; i < n; i++)
+    if (hs[i].id == id)
+      return (int)i;
+  return -1;
 }
 
 bool gw_header_is(const gw_header_t *h, const char *lower_name) {

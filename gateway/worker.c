@@ -988,7 +988,7 @@ static bool find_key(gw_conn_t *c, const char **kt, size_t *kl) {
   }
   for (unsigned i = 0; i < q->nheaders; i++) {
     const gw_header_t *h = &q->headers[i];
-    if (gw_header_is(h, "authorization") && h->value_len > 7 &&
+    if (h->id == GW_H_AUTHORIZATION && h->value_len > 7 &&
         strncasecmp(h->value, "bearer ", 7) == 0) {
       *kt = h->value + 7;
       *kl = h->value_len - 7;
@@ -1186,18 +1186,20 @@ static bool is_hex(const char *s, size_t n) {
   return true;
 }
 
-static const gw_header_t *find_header(const gw_request_head_t *h, const char *lower) {
-  for (unsigned i = 0; i < h->nheaders; i++)
-    if (gw_header_is(&h->headers[i], lower))
-      return &h->headers[i];
-  return NULL;
+static const gw_header_t *find_header(const gw_request_head_t *h, gw_header_id_t id) {
+  int i = gw_header_find(h->headers, h->nheaders, id);
+  return i >= 0 ? &h->headers[i] : NULL;
 }
 
-/* Whether h's name is listed in one of the Connection headers. */
-static bool named_in_connection(const gw_header_t *hs, unsigned n, const gw_header_t *h) {
+/* Whether h's name is listed in one of the Connection headers; conn_flags
+ * is the head's (GW_CONN_NAMES: some Connection lists a name at all). */
+static bool named_in_connection(const gw_header_t *hs, unsigned n, unsigned conn_flags,
+                                const gw_header_t *h) {
+  if (!(conn_flags & GW_CONN_NAMES))
+    return false;
   for (unsigned i = 0; i < n; i++) {
     const gw_header_t *ch = &hs[i];
-    if (!gw_header_is(ch, "connection"))
+    if (ch->id != GW_H_CONNECTION)
       continue;
     const char *v = ch->value, *end = v + ch->value_len;
     while (v < end) {
@@ -1218,19 +1220,33 @@ static bool named_in_connection(const gw_header_t *hs, unsigned n, const gw_head
  * gateway sets itself. Also any named in Connection. */
 static bool drop_request_header(const gw_request_head_t *req, const gw_header_t *h,
                                 bool trust_forwarded) {
-  static const char *const hop[] = {
-      "connection",        "keep-alive", "proxy-connection",    "te",     "trailer",
-      "transfer-encoding", "upgrade",    "proxy-authorization", "expect", "x-request-id",
-      "traceparent",       "via",        "content-length"};
-  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-    if (gw_header_is(h, hop[i]))
+  switch ((gw_header_id_t)h->id) {
+  case GW_H_CONNECTION:
+  case GW_H_KEEP_ALIVE:
+  case GW_H_PROXY_CONNECTION:
+  case GW_H_TE:
+  case GW_H_TRAILER:
+  case GW_H_TRANSFER_ENCODING:
+  case GW_H_UPGRADE:
+  case GW_H_PROXY_AUTHORIZATION:
+  case GW_H_EXPECT:
+  case GW_H_X_REQUEST_ID:
+  case GW_H_TRACEPARENT:
+  case GW_H_VIA:
+  case GW_H_CONTENT_LENGTH: return true;
+  case GW_H_X_FORWARDED_FOR:
+  case GW_H_X_FORWARDED_PROTO:
+  case GW_H_X_FORWARDED_HOST:
+  case GW_H_FORWARDED:
+    if (!trust_forwarded)
       return true;
-  if (!trust_forwarded &&
-      (gw_header_is(h, "x-forwarded-for") || gw_header_is(h, "x-forwarded-proto") ||
-       gw_header_is(h, "x-forwarded-host") || gw_header_is(h, "forwarded")))
-    return true;
+    break;
+  case GW_H_OTHER:
+  case GW_H_HOST:
+  case GW_H_AUTHORIZATION: break;
+  }
   /* names listed in Connection are hop-by-hop too */
-  return named_in_connection(req->headers, req->nheaders, h);
+  return named_in_connection(req->headers, req->nheaders, req->conn_flags, h);
 }
 
 /* ---- building the upstream request ------------------------------------------ */
@@ -1313,15 +1329,13 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
   const gw_header_t *xff = NULL, *via = NULL;
   for (unsigned i = 0; ok && i < q->nheaders; i++) {
     const gw_header_t *h = &q->headers[i];
-    if (gw_header_is(h, "host"))
+    if (h->id == GW_H_HOST)
       continue;
     /* a previous hop's values are kept only if the client did not mark
      * them hop-by-hop by naming them in Connection */
-    bool hop = named_in_connection(q->headers, q->nheaders, h);
-    if (gw_header_is(h, "x-forwarded-for") && !hop)
-      xff = h;
-    if (gw_header_is(h, "via") && !hop)
-      via = h;
+    if ((h->id == GW_H_X_FORWARDED_FOR || h->id == GW_H_VIA) &&
+        !named_in_connection(q->headers, q->nheaders, q->conn_flags, h))
+      *(h->id == GW_H_VIA ? &via : &xff) = h;
     if (drop_request_header(q, h, c->w->srv->trust_forwarded) || is_ident_header(c->w->srv, h) ||
         (h == c->key_header && c->w->srv->strip_key))
       continue;
@@ -1349,7 +1363,7 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
   ok = ok && put_header(b, "X-Request-Id", c->request_id, strlen(c->request_id));
   /* W3C trace context: same trace, a new parent (this hop) */
   char tp[64], parent[17];
-  const gw_header_t *in = find_header(q, "traceparent");
+  const gw_header_t *in = find_header(q, GW_H_TRACEPARENT);
   hex64(rng_next(c->w), parent);
   parent[16] = '\0';
   if (in && in->value_len == 55 && memcmp(in->value, "00-", 3) == 0 && is_hex(in->value + 3, 32) &&
@@ -1730,13 +1744,17 @@ static int upstream_read(gw_conn_t *c) {
 
 /* Headers the upstream may not pass to the client (hop-by-hop). */
 static bool drop_response_header(const gw_response_head_t *rh, const gw_header_t *h) {
-  static const char *const hop[] = {"connection",        "keep-alive",  "proxy-connection",
-                                    "transfer-encoding", "trailer",     "upgrade",
-                                    "content-length",    "x-request-id"};
-  for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-    if (gw_header_is(h, hop[i]))
-      return true;
-  return named_in_connection(rh->headers, rh->nheaders, h);
+  switch ((gw_header_id_t)h->id) {
+  case GW_H_CONNECTION:
+  case GW_H_KEEP_ALIVE:
+  case GW_H_PROXY_CONNECTION:
+  case GW_H_TRANSFER_ENCODING:
+  case GW_H_TRAILER:
+  case GW_H_UPGRADE:
+  case GW_H_CONTENT_LENGTH:
+  case GW_H_X_REQUEST_ID: return true;
+  default: return named_in_connection(rh->headers, rh->nheaders, rh->conn_flags, h);
+  }
 }
 static void parse_response_head(gw_conn_t *c) {
   gw_upconn_t *u = c->up;
@@ -1802,7 +1820,7 @@ static void parse_response_head(gw_conn_t *c) {
   const gw_header_t *via = NULL;
   for (unsigned i = 0; ok && i < rh.nheaders; i++) {
     const gw_header_t *h = &rh.headers[i];
-    if (gw_header_is(h, "via")) {
+    if (h->id == GW_H_VIA) {
       via = h;
       continue;
     }
@@ -1940,8 +1958,8 @@ static void start_request(gw_conn_t *c) {
       respond_problem(c, err.status, err.reason, true);
       return;
     }
-    /* copy the head out of rx and parse the copy: the request's pointers
-     * must survive rx compaction, and rx moves on to the body now */
+    /* keep the head in a buffer of its own: the request's pointers must
+     * survive rx compaction, and rx moves on to the body now */
     size_t hlen = c->req.head_len;
     if (hlen > c->headcap) {
       char *nb = realloc(c->headbuf, hlen);
@@ -1953,12 +1971,9 @@ static void start_request(gw_conn_t *c) {
       c->headcap = hlen;
     }
     memcpy(c->headbuf, c->rx.data + c->rx.start, hlen);
+    gw_http1_request_rebase(&c->req, c->rx.data + c->rx.start, c->headbuf);
     c->rx.start += hlen;
     c->bytes_in = (int64_t)hlen;
-    if (gw_http1_parse_request(c->headbuf, hlen, &srv->limits, &c->req, &err) != 1) {
-      conn_close(c); /* cannot happen: the same bytes parsed a moment ago */
-      return;
-    }
     static const char *const names[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
     c->method = c->req.method;
     c->method_name = names[c->req.method];
@@ -1970,7 +1985,7 @@ static void start_request(gw_conn_t *c) {
     memcpy(c->path_log, c->req.target, tl); /* once per request: no printf */
     c->path_log[tl] = '\0';
     /* the request id: the client's if sane, else a new one */
-    const gw_header_t *rid = find_header(&c->req, "x-request-id");
+    const gw_header_t *rid = find_header(&c->req, GW_H_X_REQUEST_ID);
     if (rid && rid->value_len > 0 && rid->value_len <= 64) {
       bool sane = true;
       for (uint32_t i = 0; i < rid->value_len && sane; i++) {

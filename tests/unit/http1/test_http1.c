@@ -39,17 +39,8 @@ static int parse_req(const char *raw, size_t n, const gw_limits_t *lim, gw_reque
   err->reason = NULL;
   int rc = gw_http1_parse_request(copy, n, lim, h, err);
   /* re-point the head into the caller's string so it survives the copy */
-  if (rc == 1) {
-    ptrdiff_t d = raw - copy;
-    h->method_str += d;
-    h->target += d;
-    if (h->query)
-      h->query += d;
-    for (unsigned i = 0; i < h->nheaders; i++) {
-      h->headers[i].name += d;
-      h->headers[i].value += d;
-    }
-  }
+  if (rc == 1)
+    gw_http1_request_rebase(h, copy, raw);
   free(copy);
   return rc;
 }
@@ -444,21 +435,23 @@ TG_TEST(keep_alive_matrix) {
     unsigned flags;
   } cases[] = {
       {"1.1", "", true, 0},
-      {"1.1", "Connection: close\r\n", false, GW_CONN_CLOSE},
+      {"1.1", "Connection: close\r\n", false, GW_CONN_CLOSE | GW_CONN_NAMES},
       {"1.1", "Connection: keep-alive\r\n", true, GW_CONN_KEEP_ALIVE},
-      {"1.1", "Connection: Keep-Alive, CLOSE\r\n", false, GW_CONN_CLOSE | GW_CONN_KEEP_ALIVE},
+      {"1.1", "Connection: Keep-Alive, CLOSE\r\n", false,
+       GW_CONN_CLOSE | GW_CONN_KEEP_ALIVE | GW_CONN_NAMES},
       {"1.1", "Connection: upgrade\r\n", true, GW_CONN_UPGRADE},
-      {"1.1", "Connection: x-foo\r\nConnection: close\r\n", false, GW_CONN_CLOSE},
-      {"1.1", "Connection: closed\r\n", true, 0},
-      {"1.1", "Connection: close,\r\n", false, GW_CONN_CLOSE},
+      {"1.1", "Connection: x-foo\r\nConnection: close\r\n", false, GW_CONN_CLOSE | GW_CONN_NAMES},
+      {"1.1", "Connection: closed\r\n", true, GW_CONN_NAMES},
+      {"1.1", "Connection: close,\r\n", false, GW_CONN_CLOSE | GW_CONN_NAMES},
       {"1.1", "Connection:\r\n", true, 0},
       {"1.0", "", false, GW_CONN_CLOSE},
       {"1.0", "Connection: keep-alive\r\n", true, GW_CONN_KEEP_ALIVE},
       {"1.0", "Connection: KEEP-ALIVE\r\n", true, GW_CONN_KEEP_ALIVE},
-      {"1.0", "Connection: close\r\n", false, GW_CONN_CLOSE},
-      {"1.0", "Connection: keep-alive, close\r\n", false, GW_CONN_CLOSE | GW_CONN_KEEP_ALIVE},
+      {"1.0", "Connection: close\r\n", false, GW_CONN_CLOSE | GW_CONN_NAMES},
+      {"1.0", "Connection: keep-alive, close\r\n", false,
+       GW_CONN_CLOSE | GW_CONN_KEEP_ALIVE | GW_CONN_NAMES},
       {"1.0", "Connection: keep-alive\r\nConnection: close\r\n", false,
-       GW_CONN_CLOSE | GW_CONN_KEEP_ALIVE},
+       GW_CONN_CLOSE | GW_CONN_KEEP_ALIVE | GW_CONN_NAMES},
       {"1.0", "Connection: upgrade\r\n", false, GW_CONN_CLOSE | GW_CONN_UPGRADE},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -473,6 +466,113 @@ TG_TEST(keep_alive_matrix) {
     ASSERT(h.keep_alive == cases[i].keep_alive);
     ASSERT_INT_EQ(h.conn_flags, cases[i].flags);
   }
+}
+
+/* The names the gateway acts on get their id whatever their case; names
+ * that only look alike do not. */
+TG_TEST(header_ids) {
+  static const struct {
+    const char *name;
+    int id;
+  } cases[] = {
+      {"TE", GW_H_TE},
+      {"via", GW_H_VIA},
+      {"Trailer", GW_H_TRAILER},
+      {"UpGrade", GW_H_UPGRADE},
+      {"Forwarded", GW_H_FORWARDED},
+      {"Keep-Alive", GW_H_KEEP_ALIVE},
+      {"traceParent", GW_H_TRACEPARENT},
+      {"X-Request-ID", GW_H_X_REQUEST_ID},
+      {"Authorization", GW_H_AUTHORIZATION},
+      {"X-Forwarded-For", GW_H_X_FORWARDED_FOR},
+      {"x-forwarded-host", GW_H_X_FORWARDED_HOST},
+      {"Proxy-Connection", GW_H_PROXY_CONNECTION},
+      {"X-FORWARDED-PROTO", GW_H_X_FORWARDED_PROTO},
+      {"Proxy-Authorization", GW_H_PROXY_AUTHORIZATION},
+      {"Vib", GW_H_OTHER},
+      {"Hosts", GW_H_OTHER},
+      {"X-Request-Ie", GW_H_OTHER},
+      {"X-Forwarded-Fox", GW_H_OTHER},
+      {"Authorisation", GW_H_OTHER},
+      {"Keep_Alive", GW_H_OTHER},
+      {"X-Api-Key", GW_H_OTHER},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char buf[256];
+    int n = snprintf(buf, sizeof(buf), RL H "%s: v\r\n\r\n", cases[i].name);
+    gw_request_head_t h;
+    gw_parse_error_t err;
+    ASSERT_INT_EQ(parse_req(buf, (size_t)n, &LIM, &h, &err), 1);
+    ASSERT_INT_EQ(h.nheaders, 2);
+    ASSERT_INT_EQ(h.headers[0].id, GW_H_HOST);
+    if (h.headers[1].id != cases[i].id)
+      fprintf(stderr, "  %s: id %d\n", cases[i].name, h.headers[1].id);
+    ASSERT_INT_EQ(h.headers[1].id, cases[i].id);
+    ASSERT_INT_EQ(gw_header_find(h.headers, h.nheaders, (gw_header_id_t)cases[i].id), 1);
+    ASSERT_INT_EQ(gw_header_find(h.headers, h.nheaders, GW_H_CONTENT_LENGTH), -1);
+  }
+  static const char framing[] = "POST / HTTP/1.1\r\n" H "expect: 100-continue\r\n"
+                                "CONTENT-LENGTH: 1\r\nConnection: keep-alive\r\n\r\n";
+  gw_request_head_t h;
+  gw_parse_error_t err;
+  ASSERT_INT_EQ(parse_req(framing, sizeof(framing) - 1, &LIM, &h, &err), 1);
+  ASSERT_INT_EQ(h.headers[1].id, GW_H_EXPECT);
+  ASSERT_INT_EQ(h.headers[2].id, GW_H_CONTENT_LENGTH);
+  ASSERT_INT_EQ(h.headers[3].id, GW_H_CONNECTION);
+  ASSERT_INT_EQ(h.content_length, 1);
+  static const char te[] = "POST / HTTP/1.1\r\n" H "Transfer-ENCODING: chunked\r\n\r\n";
+  ASSERT_INT_EQ(parse_req(te, sizeof(te) - 1, &LIM, &h, &err), 1);
+  ASSERT_INT_EQ(h.headers[1].id, GW_H_TRANSFER_ENCODING);
+  ASSERT(h.chunked);
+  /* responses too */
+  static const char resp[] = "HTTP/1.1 200 OK\r\nVia: 1.1 a\r\nX-Other: 1\r\n"
+                             "content-length: 0\r\n\r\n";
+  gw_response_head_t rh;
+  ASSERT_INT_EQ(parse_resp(resp, sizeof(resp) - 1, &rh, &err), 1);
+  ASSERT_INT_EQ(rh.headers[0].id, GW_H_VIA);
+  ASSERT_INT_EQ(rh.headers[1].id, GW_H_OTHER);
+  ASSERT_INT_EQ(rh.headers[2].id, GW_H_CONTENT_LENGTH);
+}
+
+/* A head parsed in one buffer and moved to another reads the same there,
+ * and nothing of it still points into the first. */
+TG_TEST(rebase_moves_every_pointer) {
+  static const char raw[] = "PATCH /a/b?x=1&y=2 HTTP/1.1\r\nHost: h.example\r\n"
+                            "X-One: first\r\nconnection: keep-alive\r\n"
+                            "Content-Length: 3\r\n\r\n";
+  const size_t n = sizeof(raw) - 1;
+  char *from = dup_exact(raw, n), *to = dup_exact(raw, n);
+  gw_request_head_t h;
+  gw_parse_error_t err;
+  ASSERT_INT_EQ(gw_http1_parse_request(from, n, &LIM, &h, &err), 1);
+  gw_http1_request_rebase(&h, from, to);
+  memset(from, '#', n); /* anything still read from here now reads '#' */
+  ASSERT(h.method_str == to);
+  ASSERT_INT_EQ(h.method_len, 5);
+  ASSERT(h.target >= to && h.target < to + n && memcmp(h.target, "/a/b?x=1&y=2", 12) == 0);
+  ASSERT(h.query >= to && h.query < to + n && memcmp(h.query, "x=1&y=2", 7) == 0);
+  ASSERT_INT_EQ(h.nheaders, 4);
+  static const char *const names[] = {"Host", "X-One", "connection", "Content-Length"};
+  static const char *const values[] = {"h.example", "first", "keep-alive", "3"};
+  for (unsigned i = 0; i < h.nheaders; i++) {
+    ASSERT(h.headers[i].name >= to && h.headers[i].name < to + n);
+    ASSERT(h.headers[i].value >= to && h.headers[i].value < to + n);
+    ASSERT_INT_EQ(h.headers[i].name_len, strlen(names[i]));
+    ASSERT(memcmp(h.headers[i].name, names[i], h.headers[i].name_len) == 0);
+    ASSERT_INT_EQ(h.headers[i].value_len, strlen(values[i]));
+    ASSERT(memcmp(h.headers[i].value, values[i], h.headers[i].value_len) == 0);
+  }
+  /* no query: stays NULL */
+  static const char plain[] = "GET /p HTTP/1.1\r\nHost: h\r\n\r\n";
+  char *f2 = dup_exact(plain, sizeof(plain) - 1), *t2 = dup_exact(plain, sizeof(plain) - 1);
+  ASSERT_INT_EQ(gw_http1_parse_request(f2, sizeof(plain) - 1, &LIM, &h, &err), 1);
+  gw_http1_request_rebase(&h, f2, t2);
+  ASSERT(h.query == NULL);
+  ASSERT(h.target == t2 + 4);
+  free(from);
+  free(to);
+  free(f2);
+  free(t2);
 }
 
 /* The fields of a complete parse do not depend on how the bytes arrived. */
