@@ -700,27 +700,54 @@ int gw_policy_refresh(gw_policy_t *pol, struct tg_store *store, const char *enti
 
 static const int64_t rate_window_s[GW_RATES] = {1, 60, 3600};
 
-static void civil(int64_t wall_s, int *y, int *m) {
-  time_t t = (time_t)wall_s;
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  *y = tm.tm_year + 1900;
-  *m = tm.tm_mon; /* 0..11 */
+/* Calendar arithmetic on the proleptic Gregorian calendar (Howard
+ * Hinnant's days_from_civil and civil_from_days): exact for any int64
+ * second a quota can meet, and no gmtime_r/timegm on the request path
+ * (they took ~500 instructions a request). */
+static int64_t days_from_civil(int64_t y, int m /* 1..12 */) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const int64_t yoe = y - era * 400;
+  const int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5; /* the 1st of the month */
+  const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+static void civil(int64_t wall_s, int64_t *y, int *m) {
+  const int64_t z = (wall_s >= 0 ? wall_s : wall_s - 86399) / 86400 + 719468;
+  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  const int64_t doe = z - era * 146097;
+  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  const int64_t mp = (5 * doy + 2) / 153;
+  const int mm = (int)(mp < 10 ? mp + 3 : mp - 9);
+  *y = yoe + era * 400 + (mm <= 2);
+  *m = mm - 1; /* 0..11 */
+}
+
+/* Start and end (exclusive) of wall_s's UTC month, in seconds. */
+static void month_bounds(int64_t wall_s, int64_t *start, int64_t *end) {
+  int64_t y;
+  int m;
+  civil(wall_s, &y, &m);
+  *start = days_from_civil(y, m + 1) * 86400;
+  *end = (m == 11 ? days_from_civil(y + 1, 1) : days_from_civil(y, m + 2)) * 86400;
 }
 
 int64_t gw_quota_period(int which, int64_t wall_s) {
   if (which == 0)
     return wall_s / 86400;
-  int y, m;
+  int64_t y;
+  int m;
   civil(wall_s, &y, &m);
-  return (int64_t)(y - 1970) * 12 + m;
+  return (y - 1970) * 12 + m;
 }
 
 int64_t gw_quota_period_start(int which, int64_t wall_s) {
   if (which == 0)
     return wall_s - wall_s % 86400;
   int64_t start, end;
-  tg_utc_month(wall_s, &start, &end);
+  month_bounds(wall_s, &start, &end);
   return start;
 }
 
@@ -728,7 +755,7 @@ int64_t gw_quota_period_end(int which, int64_t wall_s) {
   if (which == 0)
     return wall_s - wall_s % 86400 + 86400;
   int64_t start, end;
-  tg_utc_month(wall_s, &start, &end);
+  month_bounds(wall_s, &start, &end);
   return end;
 }
 
@@ -874,5 +901,11 @@ void gw_limits_take(gw_sub_t *sub, const gw_plan_t *plan, int64_t mono_ns, int64
       st->reset_s = gw_quota_period_end(qq, wall_s) - wall_s;
     }
   }
-  qsort(v->states, (size_t)v->nstates, sizeof(v->states[0]), state_cmp);
+  /* tightest first; at most GW_LIM_N states: an insertion sort */
+  for (int k = 1; k < v->nstates; k++)
+    for (int j = k; j > 0 && state_cmp(&v->states[j], &v->states[j - 1]) < 0; j--) {
+      gw_limit_state_t t = v->states[j];
+      v->states[j] = v->states[j - 1];
+      v->states[j - 1] = t;
+    }
 }

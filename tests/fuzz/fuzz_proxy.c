@@ -204,7 +204,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
   if (c->route->auth_key && (!c->key || strcmp(c->key->prefix, "tg_live_FuzzKeyF") != 0))
     abort(); /* admitted without our key */
   c->target = pick_target(&fw, c->route, NULL);
-  if (!c->target || !buf_init(&c->utx, GW_IO_BUF))
+  if (!c->target || !buf_init(&fw, &c->utx, GW_IO_BUF))
     goto done;
   if (!build_upstream_head(c, npath, (size_t)nl))
     goto done; /* too big for the buffer: the gateway answers 431 */
@@ -273,8 +273,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
   }
 done:
   if (c) {
-    buf_free(&c->utx);
-    buf_free(&c->tx);
+    buf_free(&fw, &c->utx);
+    buf_free(&fw, &c->tx);
   }
   free(c);
   free(out);

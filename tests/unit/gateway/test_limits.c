@@ -5,6 +5,7 @@
  */
 #include <pthread.h>
 
+#include "core/util.h"
 #include "gateway/policy.h"
 #include "tg_test.h"
 
@@ -117,6 +118,32 @@ TG_TEST(quota_month_rolls_over_at_month_end) {
   ASSERT_INT_EQ(gw_quota_period_end(1, feb28_2028), INT64_C(1835481600)); /* 2028-03-01 */
   ASSERT_INT_EQ(gw_quota_period_end(0, feb28_2028), INT64_C(1835395200)); /* the 29th */
   free(s);
+}
+
+/* The month arithmetic agrees with the C library's calendar on every day
+ * from 1900 to 2400 (centuries, leap years, 2100 not a leap year), at the
+ * first and last second of the day and at noon. */
+TG_TEST(quota_month_matches_gmtime_for_five_centuries) {
+  const int64_t first = INT64_C(-2208988800), last = INT64_C(13569465600); /* 1900, 2400 */
+  for (int64_t day = first; day < last; day += 86400) {
+    const int64_t ts[3] = {day, day + 43200, day + 86399};
+    for (int i = 0; i < 3; i++) {
+      time_t tt = (time_t)ts[i];
+      struct tm tm;
+      gmtime_r(&tt, &tm);
+      int64_t want = (int64_t)(tm.tm_year + 1900 - 1970) * 12 + tm.tm_mon, start, end;
+      tg_utc_month(ts[i], &start, &end);
+      if (gw_quota_period(1, ts[i]) != want || gw_quota_period_start(1, ts[i]) != start ||
+          gw_quota_period_end(1, ts[i]) != end)
+        fprintf(stderr, "  at %lld: period %lld/%lld start %lld/%lld end %lld/%lld\n",
+                (long long)ts[i], (long long)gw_quota_period(1, ts[i]), (long long)want,
+                (long long)gw_quota_period_start(1, ts[i]), (long long)start,
+                (long long)gw_quota_period_end(1, ts[i]), (long long)end);
+      ASSERT_INT_EQ(gw_quota_period(1, ts[i]), want);
+      ASSERT_INT_EQ(gw_quota_period_start(1, ts[i]), start);
+      ASSERT_INT_EQ(gw_quota_period_end(1, ts[i]), end);
+    }
+  }
 }
 
 TG_TEST(quota_seeded_counts_already_made_calls) {
