@@ -321,35 +321,64 @@ typedef struct fields {
   unsigned conn;
 } fields_t;
 
+/*
+ * n[0..len), a header name already checked to be a token, equals the
+ * literal `lit` (lowercase letters and '-' only), ignoring case. Eight
+ * bytes at a time: OR-ing 0x20 lowercases a letter and, among token
+ * bytes, turns nothing else into a letter or '-' (only CR would become
+ * '-', and CR is no token byte).
+ */
+static bool name_is(const unsigned char *n, const char *lit, size_t len) {
+  const uint64_t low = 0x2020202020202020u;
+  uint64_t a, b;
+  if (len < 8) {
+    for (size_t i = 0; i < len; i++)
+      if ((n[i] | 0x20) != (unsigned char)lit[i])
+        return false;
+    return true;
+  }
+  for (size_t i = 0; i + 8 <= len; i += 8) {
+    memcpy(&a, n + i, 8);
+    memcpy(&b, lit + i, 8);
+    if ((a | low) != b)
+      return false;
+  }
+  memcpy(&a, n + len - 8, 8); /* the last 8 bytes, overlapping */
+  memcpy(&b, lit + len - 8, 8);
+  return (a | low) == b;
+}
+
 /* Which of the names the gateway acts on n[0..nl) is (gw_header_id_t):
  * by length first, so most names are told apart by one comparison. */
 static uint8_t header_id(const unsigned char *n, size_t nl) {
   switch (nl) {
-  case 2: return ieq(n, "te", 2) ? GW_H_TE : GW_H_OTHER;
-  case 3: return ieq(n, "via", 3) ? GW_H_VIA : GW_H_OTHER;
-  case 4: return ieq(n, "host", 4) ? GW_H_HOST : GW_H_OTHER;
-  case 6: return ieq(n, "expect", 6) ? GW_H_EXPECT : GW_H_OTHER;
+  case 2: return name_is(n, "te", 2) ? GW_H_TE : GW_H_OTHER;
+  case 3: return name_is(n, "via", 3) ? GW_H_VIA : GW_H_OTHER;
+  case 4: return name_is(n, "host", 4) ? GW_H_HOST : GW_H_OTHER;
+  case 6: return name_is(n, "expect", 6) ? GW_H_EXPECT : GW_H_OTHER;
   case 7:
-    return ieq(n, "trailer", 7) ? GW_H_TRAILER : ieq(n, "upgrade", 7) ? GW_H_UPGRADE : GW_H_OTHER;
-  case 9: return ieq(n, "forwarded", 9) ? GW_H_FORWARDED : GW_H_OTHER;
-  case 10:
-    return ieq(n, "connection", 10)   ? GW_H_CONNECTION
-           : ieq(n, "keep-alive", 10) ? GW_H_KEEP_ALIVE
+    return name_is(n, "trailer", 7)   ? GW_H_TRAILER
+           : name_is(n, "upgrade", 7) ? GW_H_UPGRADE
                                       : GW_H_OTHER;
-  case 11: return ieq(n, "traceparent", 11) ? GW_H_TRACEPARENT : GW_H_OTHER;
-  case 12: return ieq(n, "x-request-id", 12) ? GW_H_X_REQUEST_ID : GW_H_OTHER;
-  case 13: return ieq(n, "authorization", 13) ? GW_H_AUTHORIZATION : GW_H_OTHER;
-  case 14: return ieq(n, "content-length", 14) ? GW_H_CONTENT_LENGTH : GW_H_OTHER;
-  case 15: return ieq(n, "x-forwarded-for", 15) ? GW_H_X_FORWARDED_FOR : GW_H_OTHER;
+  case 9: return name_is(n, "forwarded", 9) ? GW_H_FORWARDED : GW_H_OTHER;
+  case 10:
+    return name_is(n, "connection", 10)   ? GW_H_CONNECTION
+           : name_is(n, "keep-alive", 10) ? GW_H_KEEP_ALIVE
+                                          : GW_H_OTHER;
+  case 11: return name_is(n, "traceparent", 11) ? GW_H_TRACEPARENT : GW_H_OTHER;
+  case 12: return name_is(n, "x-request-id", 12) ? GW_H_X_REQUEST_ID : GW_H_OTHER;
+  case 13: return name_is(n, "authorization", 13) ? GW_H_AUTHORIZATION : GW_H_OTHER;
+  case 14: return name_is(n, "content-length", 14) ? GW_H_CONTENT_LENGTH : GW_H_OTHER;
+  case 15: return name_is(n, "x-forwarded-for", 15) ? GW_H_X_FORWARDED_FOR : GW_H_OTHER;
   case 16:
-    return ieq(n, "x-forwarded-host", 16)   ? GW_H_X_FORWARDED_HOST
-           : ieq(n, "proxy-connection", 16) ? GW_H_PROXY_CONNECTION
-                                            : GW_H_OTHER;
+    return name_is(n, "x-forwarded-host", 16)   ? GW_H_X_FORWARDED_HOST
+           : name_is(n, "proxy-connection", 16) ? GW_H_PROXY_CONNECTION
+                                                : GW_H_OTHER;
   case 17:
-    return ieq(n, "transfer-encoding", 17)   ? GW_H_TRANSFER_ENCODING
-           : ieq(n, "x-forwarded-proto", 17) ? GW_H_X_FORWARDED_PROTO
-                                             : GW_H_OTHER;
-  case 19: return ieq(n, "proxy-authorization", 19) ? GW_H_PROXY_AUTHORIZATION : GW_H_OTHER;
+    return name_is(n, "transfer-encoding", 17)   ? GW_H_TRANSFER_ENCODING
+           : name_is(n, "x-forwarded-proto", 17) ? GW_H_X_FORWARDED_PROTO
+                                                 : GW_H_OTHER;
+  case 19: return name_is(n, "proxy-authorization", 19) ? GW_H_PROXY_AUTHORIZATION : GW_H_OTHER;
   default: return GW_H_OTHER;
   }
 }

@@ -140,6 +140,7 @@ struct gw_conn {
   int64_t started_ms, started_us; /* on the worker's loop clock */
   int64_t ended_us;               /* when the request was done (latency) */
   char request_id[65];
+  bool rid_ours; /* request_id came from new_request_id */
   char path_log[256];
   char client_ip[INET6_ADDRSTRLEN];
   /* the caller, once known (policy records live as long as the process) */
@@ -220,22 +221,41 @@ static uint64_t rng_next(gw_worker_t *w) {
   return x * 0x2545F4914F6CDD1DULL;
 }
 
+/* "00" .. "ff" and "00" .. "99": two digits per table look-up */
+static const char hex_pairs[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+static const char dec_pairs[201] = "00010203040506070809101112131415161718192021222324"
+                                   "25262728293031323334353637383940414243444546474849"
+                                   "50515253545556575859606162636465666768697071727374"
+                                   "75767778798081828384858687888990919293949596979899";
+
 static void hex64(uint64_t v, char *out) {
-  static const char hx[] = "0123456789abcdef";
-  for (int i = 15; i >= 0; i--, v >>= 4)
-    out[i] = hx[v & 15];
+  for (int i = 14; i >= 0; i -= 2, v >>= 8)
+    memcpy(out + i, hex_pairs + 2 * (v & 0xff), 2);
 }
 
-/* Decimal and hex without printf: these run several times per request. */
+/* Decimal and hex without printf: these run ~15 times per request. */
 static size_t fmt_dec(char *out, uint64_t v) {
-  char tmp[24];
-  size_t n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  for (size_t i = 0; i < n; i++)
-    out[i] = tmp[n - 1 - i];
+  size_t n = 1;
+  for (uint64_t t = v; t >= 10; t /= 10)
+    n++;
+  char *p = out + n;
+  while (v >= 100) {
+    p -= 2;
+    memcpy(p, dec_pairs + 2 * (v % 100), 2);
+    v /= 100;
+  }
+  if (v >= 10)
+    memcpy(p - 2, dec_pairs + 2 * v, 2);
+  else
+    p[-1] = (char)('0' + v);
   return n;
 }
 
@@ -252,11 +272,13 @@ static size_t fmt_hex(char *out, uint64_t v) {
   return n;
 }
 
-/* "<32 hex>" request ids from the worker's generator */
-static void new_request_id(gw_worker_t *w, char *out) {
-  hex64(rng_next(w), out);
-  hex64(rng_next(w), out + 16);
-  out[32] = '\0';
+/* "<32 hex>" request ids from the worker's generator (also the trace id
+ * of a new trace: rid_ours says it is one without checking again) */
+static void new_request_id(gw_conn_t *c) {
+  hex64(rng_next(c->w), c->request_id);
+  hex64(rng_next(c->w), c->request_id + 16);
+  c->request_id[32] = '\0';
+  c->rid_ours = true;
 }
 
 /* I/O buffers of GW_IO_BUF bytes come from the worker's free list when it
@@ -634,14 +656,32 @@ static bool log_plain(unsigned char ch) {
   return ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
 }
 
+/* How many bytes from s[i] on need no escaping: eight at a time, each
+ * word tested for a control byte, '"', '\\', DEL or a high bit (the lowest
+ * flagged byte is exact; the byte loop finds it). */
+static size_t plain_end(const char *s, size_t i, size_t n) {
+  const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v, q, b, d;
+    memcpy(&v, s + i, 8);
+    q = v ^ (ones * '"');
+    b = v ^ (ones * '\\');
+    d = v ^ (ones * 0x7f);
+    if ((((v - ones * 0x20) & ~v) | ((q - ones) & ~q) | ((b - ones) & ~b) | ((d - ones) & ~d) | v) &
+        highs)
+      break;
+  }
+  while (i < n && log_plain((unsigned char)s[i]))
+    i++;
+  return i;
+}
+
 /* JSON-escape s[0..n) into the log buffer (bounded): runs of plain bytes
  * are copied whole. */
 static void log_str(gw_worker_t *w, const char *s, size_t n) {
   size_t i = 0;
   while (i < n && w->loglen + 8 < GW_LOG_BUF) {
-    size_t run = i;
-    while (run < n && log_plain((unsigned char)s[run]))
-      run++;
+    size_t run = plain_end(s, i, n);
     size_t room = GW_LOG_BUF - 8 - w->loglen;
     size_t k = run - i < room ? run - i : room;
     memcpy(w->logbuf + w->loglen, s + i, k);
@@ -1421,7 +1461,7 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
     tp[55] = '\0';
   } else {
     char trace[33];
-    if (strlen(c->request_id) == 32 && is_hex(c->request_id, 32))
+    if (c->rid_ours || (strlen(c->request_id) == 32 && is_hex(c->request_id, 32)))
       memcpy(trace, c->request_id, 33);
     else {
       hex64(rng_next(c->w), trace);
@@ -1993,10 +2033,11 @@ static void start_request(gw_conn_t *c) {
     c->bytes_in = 0; /* counted below: the head, then body bytes as they arrive */
     c->bytes_out = 0;
     c->request_id[0] = '\0';
+    c->rid_ours = false;
     snprintf(c->path_log, sizeof(c->path_log), "-");
     if (rc < 0) {
       c->status = 0;
-      new_request_id(w, c->request_id);
+      new_request_id(c);
       respond_problem(c, err.status, err.reason, true);
       return;
     }
@@ -2039,7 +2080,7 @@ static void start_request(gw_conn_t *c) {
         snprintf(c->request_id, sizeof(c->request_id), "%.*s", (int)rid->value_len, rid->value);
     }
     if (!c->request_id[0])
-      new_request_id(w, c->request_id);
+      new_request_id(c);
     c->status = 1; /* marks "a request is in flight" for logging */
     /* route on the normalised path */
     char npath[GW_PATH_MAX];
@@ -2311,7 +2352,7 @@ static void on_timer(gw_conn_t *c) {
     return;
   }
   if (c->state == S_HEAD) {
-    new_request_id(c->w, c->request_id);
+    new_request_id(c);
     respond_problem(c, 408, "the request head did not arrive in time", true);
   } else if (c->state == S_UPSTREAM) {
     if (c->up && !c->up->connected)

@@ -163,11 +163,59 @@ static bool listed_in_connection(const gw_request_head_t *req, const gw_header_t
   return false;
 }
 
+/* The hot path's number formatting against printf. */
+static void check_numbers(uint64_t v) {
+  char got[24], want[24];
+  size_t n = fmt_dec(got, v);
+  if ((int)n != snprintf(want, sizeof(want), "%llu", (unsigned long long)v) || memcmp(got, want, n))
+    abort();
+  hex64(v, got);
+  snprintf(want, sizeof(want), "%016llx", (unsigned long long)v);
+  if (memcmp(got, want, 16))
+    abort();
+}
+
+/* The access log's JSON escaping (eight bytes at a time) against the
+ * plain byte-by-byte definition. */
+static void check_escape(const unsigned char *s, size_t n) {
+  static char want[8 * 4096];
+  size_t m = 0;
+  if (n > 4096)
+    n = 4096;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] == '"' || s[i] == '\\') {
+      want[m++] = '\\';
+      want[m++] = (char)s[i];
+    } else if (s[i] < 0x20 || s[i] >= 0x7f) {
+      m += (size_t)snprintf(want + m, 8, "\\u%04x", s[i]);
+    } else {
+      want[m++] = (char)s[i];
+    }
+  }
+  fw.loglen = 0;
+  log_str(&fw, (const char *)s, n);
+  if (fw.loglen != m || memcmp(fw.logbuf, want, m))
+    abort();
+  fw.loglen = 0;
+}
+
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
   static int ready;
   if (!ready) {
     setup();
+    for (uint64_t p = 1; p <= UINT64_C(1000000000000000000); p *= 10)
+      for (uint64_t d = 0; d < 3; d++)
+        check_numbers(p - 1 + d);
+    check_numbers(UINT64_MAX);
+    check_numbers(UINT64_MAX - 1);
     ready = 1;
+  }
+  check_escape(data, size);
+  if (size >= 8) {
+    uint64_t v;
+    memcpy(&v, data + size - 8, 8);
+    check_numbers(v);
+    check_numbers(v >> (data[0] & 63));
   }
   gw_conn_t *c = calloc(1, sizeof(*c));
   gw_request_head_t *out = malloc(sizeof(*out));
