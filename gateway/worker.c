@@ -147,9 +147,8 @@ struct gw_conn {
   const gw_key_t *key;
   gw_sub_t *sub;
   const gw_plan_t *plan;
-  const gw_header_t *key_header; /* the header that carried the key (stripped) */
-  uint8_t reason;                /* gw_reason_t: why the gateway refused it */
-  bool admitted;                 /* passed keys, limits and quotas: forwarded */
+  uint8_t reason; /* gw_reason_t: why the gateway refused it */
+  bool admitted;  /* passed keys, limits and quotas: forwarded */
   bool metered;
   bool has_verdict;
   int64_t up_start_us, up_head_us; /* the upstream exchange, for the access log */
@@ -1053,7 +1052,6 @@ static bool find_key(gw_conn_t *c, const char **kt, size_t *kl) {
     if (gw_header_is(h, srv->key_header)) {
       *kt = h->value;
       *kl = h->value_len;
-      c->key_header = h;
       return true;
     }
   }
@@ -1065,7 +1063,6 @@ static bool find_key(gw_conn_t *c, const char **kt, size_t *kl) {
       *kl = h->value_len - 7;
       while (*kl > 0 && (**kt == ' ' || **kt == '\t'))
         (*kt)++, (*kl)--;
-      c->key_header = h;
       return true;
     }
   }
@@ -1322,6 +1319,25 @@ static bool drop_request_header(const gw_request_head_t *req, const gw_header_t 
 
 /* ---- building the upstream request ------------------------------------------ */
 
+/* A header where the gateway reads API keys: the configured key header
+ * (every copy, not only the one used) and an Authorization: Bearer that
+ * holds a Tollgate key (another bearer token is the upstream's own). With
+ * key stripping on, none of them reaches the upstream. */
+static bool is_key_copy(const gw_server_t *srv, const gw_header_t *h) {
+  if (gw_header_is(h, srv->key_header))
+    return true;
+  if (h->id == GW_H_AUTHORIZATION) {
+    const char *v = h->value, *end = v + h->value_len;
+    if (h->value_len < 7 || strncasecmp(v, "bearer ", 7) != 0)
+      return false;
+    v += 7;
+    while (v < end && (*v == ' ' || *v == '\t'))
+      v++;
+    return (size_t)(end - v) >= 8 && memcmp(v, "tg_live_", 8) == 0;
+  }
+  return false;
+}
+
 /* A client's copy of a header the gateway sets to say who is calling:
  * never forwarded, so it cannot be forged. */
 static bool is_ident_header(const gw_server_t *srv, const gw_header_t *h) {
@@ -1390,8 +1406,9 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
   if (restlen == 0 || rest[0] != '/')
     ok = ok && buf_put(b, "/", 1);
   ok = ok && buf_put(b, rest, restlen);
-  if (q->query && c->key && c->w->srv->strip_key && !c->key_header && r->key_query_param[0]) {
-    /* the key came in the query: forward the other parameters only */
+  if (q->query && c->key && c->w->srv->strip_key && r->key_query_param[0]) {
+    /* the API's key parameter never reaches the upstream, wherever the
+     * key that was used came from: forward the other parameters only */
     const char *p = q->query, *end = q->query + q->query_len;
     size_t pl = strlen(r->key_query_param);
     bool first = true;
@@ -1421,7 +1438,7 @@ static bool build_upstream_head(gw_conn_t *c, const char *npath, size_t nplen) {
         !named_in_connection(q->headers, q->nheaders, q->conn_flags, h))
       *(h->id == GW_H_VIA ? &via : &xff) = h;
     if (drop_request_header(q, h, c->w->srv->trust_forwarded) || is_ident_header(c->w->srv, h) ||
-        (h == c->key_header && c->w->srv->strip_key))
+        (c->key && c->w->srv->strip_key && is_key_copy(c->w->srv, h)))
       continue;
     ok = put_header_n(b, h->name, h->name_len, h->value, h->value_len);
   }
@@ -2026,7 +2043,6 @@ static void start_request(gw_conn_t *c) {
     c->key = NULL;
     c->sub = NULL;
     c->plan = NULL;
-    c->key_header = NULL;
     c->reason = GW_R_NONE;
     c->admitted = c->metered = c->has_verdict = false;
     c->up_start_us = c->up_head_us = 0;

@@ -226,6 +226,23 @@ def test_key_sources_and_identity_headers(w):
         target = rec["target"]
         eq(target, "/pets/echo?a=1&b=2" if how == "query" else "/pets/echo?a=1",
            "%s: request target upstream" % how, r)
+    # every copy of the key where keys are read is stripped, not only the
+    # one used; an Authorization that is not a Tollgate key is the
+    # upstream's own and goes through
+    r = get(w, "/pets/echo?api_key=%s&a=1" % c["text"], key=c["text"], extra=[
+        ("X-Api-Key", c["text"]), ("Authorization", "Bearer  " + c["text"])])
+    eq(r.status, 200, "key in every place at once", r)
+    w.sent["ok_free"] += 1
+    names = [n.lower() for n, _ in r.json["headers"]]
+    check("x-api-key" not in names and "authorization" not in names,
+          "a copy of the key reached the upstream: %r" % names, r)
+    check(c["text"] not in json.dumps(r.json), "the key reached the upstream", r)
+    eq(r.json["target"], "/pets/echo?a=1", "the key parameter is stripped too", r)
+    r = get(w, "/pets/echo", key=c["text"], extra=[("Authorization", "Bearer upstream-token-1")])
+    eq(r.status, 200, "key and an upstream bearer token", r)
+    w.sent["ok_free"] += 1
+    auth = [v for n, v in r.json["headers"] if n.lower() == "authorization"]
+    eq(auth, ["Bearer upstream-token-1"], "the upstream's own bearer token is forwarded", r)
     # forged identity is removed on an API without keys too
     r = get(w, "/open/echo", extra=[("X-Tollgate-App-Id", "app_FORGED")])
     eq(r.status, 200, "open API", r)
