@@ -25,6 +25,7 @@
 
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -215,6 +216,19 @@ typedef struct gw_server {
 
 /* The gateway's wall clock (ms): real time, moved by TOLLGATE_TEST_NOW. */
 int64_t gw_wall_ms(const gw_server_t *srv);
+
+/* Name the calling thread (top -H, perf) and, for a thread that is not a
+ * worker (metering, config, health, status), make it SCHED_BATCH: it keeps
+ * its fair share of the CPU, but its wake-ups no longer preempt a worker
+ * on the same core. Any thread may do this; where refused, nothing
+ * changes. */
+static inline void gw_thread_role(const char *name, bool background) {
+  pthread_setname_np(pthread_self(), name);
+  if (background) {
+    struct sched_param sp = {0};
+    pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+  }
+}
 
 /* workers (worker.c) */
 int gw_workers_start(gw_server_t *srv, char *err, size_t errlen);

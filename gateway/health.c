@@ -553,7 +553,7 @@ static void health_turn(void) {
 
 static void *health_main(void *arg) {
   (void)arg;
-  pthread_setname_np(pthread_self(), "tg-health");
+  gw_thread_role("tg-health", true);
   while (!atomic_load(&hc_stop)) {
     adopt();
     health_turn();

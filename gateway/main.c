@@ -148,7 +148,7 @@ static int64_t start_seq;
 
 static void *config_main(void *arg) {
   (void)arg;
-  pthread_setname_np(pthread_self(), "tg-config");
+  gw_thread_role("tg-config", true);
   int64_t version = -1, last_seq = start_seq;
   uint64_t gen = atomic_load(&srv.current) ? atomic_load(&srv.current)->gen : 1;
   while (!atomic_load(&config_stop)) {

@@ -391,7 +391,7 @@ static void ask_workers(void) {
 
 static void *meter_main(void *arg) {
   (void)arg;
-  pthread_setname_np(pthread_self(), "tg-meter");
+  gw_thread_role("tg-meter", true);
   int64_t interval = tg_config_int(m.srv->cfg, "metering_interval");
   pthread_mutex_lock(&m.lock);
   while (!m.stop) {

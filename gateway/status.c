@@ -154,7 +154,7 @@ static void serve_one(int fd) {
 
 static void *status_main(void *arg) {
   (void)arg;
-  pthread_setname_np(pthread_self(), "tg-status");
+  gw_thread_role("tg-status", true);
   while (!atomic_load(&status_stop)) {
     struct pollfd p = {.fd = status_fd, .events = POLLIN};
     if (poll(&p, 1, 200) <= 0)

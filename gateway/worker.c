@@ -2487,7 +2487,7 @@ static void *worker_main(void *arg) {
   gw_worker_t *w = arg;
   char name[16];
   snprintf(name, sizeof(name), "tg-worker-%d", w->index);
-  pthread_setname_np(pthread_self(), name);
+  gw_thread_role(name, false);
   w->now_us = tg_mono_us();
   w->now = w->now_us / 1000;
   gw_server_t *srv = w->srv;

@@ -1585,6 +1585,25 @@ def test_status_health(w):
           "config_generation", j)
 
 
+def test_threads_named_and_background_ones_batch(w):
+    """Every thread has a name (top -H, perf); the ones that are not
+    workers run SCHED_BATCH so that their wake-ups never preempt a worker
+    (Linux: /proc/PID/task/TID/stat, field 41 is the policy; 3 = batch)."""
+    policies = {}
+    for tid in os.listdir("/proc/%d/task" % w.gw.pid):
+        with open("/proc/%d/task/%s/comm" % (w.gw.pid, tid)) as f:
+            name = f.read().strip()
+        with open("/proc/%d/task/%s/stat" % (w.gw.pid, tid)) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        policies[name] = int(fields[41 - 3])  # fields after "(comm)" start at field 3
+    for name in ("tg-config", "tg-health", "tg-status", "tg-meter"):
+        eq(policies.get(name), 3, "%s runs SCHED_BATCH" % name, policies)
+    workers = [n for n in policies if n.startswith("tg-worker-")]
+    check(workers, "named worker threads: %r" % policies)
+    for n in workers:
+        eq(policies[n], 0, "%s runs SCHED_OTHER" % n, policies)
+
+
 def test_status_metrics(w):
     st, ctype, body = w.status_get("/metrics")
     eq(st, 200, "GET /metrics")
@@ -1693,7 +1712,7 @@ PROXY_TESTS = [
     test_config_add_api, test_config_delete_api, test_config_change_target_url,
     test_config_reload_keeps_keepalive, test_config_reload_inflight_request,
     test_access_log, test_access_log_rejected_request,
-    test_status_health, test_status_metrics,
+    test_status_health, test_threads_named_and_background_ones_batch, test_status_metrics,
 ]
 
 
