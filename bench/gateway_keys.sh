@@ -425,7 +425,7 @@ for n in "${CONFIGS[@]}"; do
   NOISY[$n]=$(awk '$5 == 1 {n++} END {print n + 0}' "res-$n")
 done
 ratio() { echo "$1 $2" | awk '{printf "%.2f", $1 / $2}'; }
-have() { for n; do [ -n "${RPS[$n]:-}" ] || return 1; done; }
+have() { local n; for n; do [ -n "${RPS[$n]:-}" ] || return 1; done; }
 echo
 echo "== $WORKERS worker(s), $ROUNDS rounds of $DUR, $CONNS connections, medians (nginx auth: $NGX_AUTH)"
 printf '%-28s %10s %9s %9s %11s %6s  %s\n' configuration req/s "p50 ms" "p99 ms" "CPU us/req" noisy "req/s vs nginx-gw"
