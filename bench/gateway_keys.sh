@@ -398,7 +398,7 @@ run() { # name
         print s
       }'
   fi
-  echo "$rps $p50 $p99 $cpu ${note:+1}" >> "$work/res-$name"
+  echo "$rps $p50 $p99 $cpu $([ -n "$note" ] && echo 1 || echo 0)" >> "$work/res-$name"
 }
 read -r -a CONFIGS <<<"${ONLY:-nginx-gw tg-10k tg-1m tg-10k-nomet upstream}"
 for r in $(seq "$ROUNDS"); do
@@ -447,10 +447,22 @@ have tg-10k nginx-gw &&
   echo "tollgate 10k / nginx-gw:      throughput $(ratio "${RPS[tg-10k]}" "${RPS[nginx-gw]}")x (target >= 1.0, aim 1.2)," \
     "p99 $(ratio "${P99[tg-10k]}" "${P99[nginx-gw]}")x (target <= 1.0)," \
     "CPU/req $(ratio "${CPU[tg-10k]}" "${CPU[nginx-gw]}")x"
+# the machine drifts within a run (one config's CPU per request moved by
+# 1.5x between rounds): the ratio of two runs of the same round, next to
+# each other in time, drifts less than the ratio of the medians
+paired() { # a b column: median over rounds of a's value / b's in the same round
+  paste "res-$1" "res-$2" | awk -v c="$3" '$5 != 1 && $10 != 1 {print $c / $(c + 5)}' | sort -n |
+    awk '{a[NR] = $1} END {if (NR) printf "%.2f", NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+}
+have tg-10k nginx-gw &&
+  echo "  paired by round:            throughput $(paired tg-10k nginx-gw 1)x," \
+    "p99 $(paired tg-10k nginx-gw 3)x, CPU/req $(paired tg-10k nginx-gw 4)x" \
+    "(median of the rounds' own ratios)"
 have tg-1m tg-10k &&
   echo "tollgate 1M / 10k keys:       throughput $(ratio "${RPS[tg-1m]}" "${RPS[tg-10k]}")x (target >= 0.95)"
 have tg-10k tg-10k-nomet &&
-  echo "tollgate metering on / off:   throughput $(ratio "${RPS[tg-10k]}" "${RPS[tg-10k-nomet]}")x (target >= 0.95)"
+  echo "tollgate metering on / off:   throughput $(ratio "${RPS[tg-10k]}" "${RPS[tg-10k-nomet]}")x (target >= 0.95)," \
+    "paired by round $(paired tg-10k tg-10k-nomet 1)x"
 
 # ---- tail latency at a fixed rate ------------------------------------------
 # wrk is a closed loop: at saturation its p99 mostly restates throughput
