@@ -103,6 +103,8 @@ for b in gateway/tollgate-gateway cli/tollgate bench/loadgen; do
   [ -x build/$b ] || { echo "build/$b missing: run scripts/build.sh" >&2; exit 1; }
 done
 HELPER=$PWD/bench/gateway_keys.py
+# shared with gateway_keys.sh: the upstream, nginx-gw, expect()
+. "$PWD/bench/keys_common.sh"
 T_START=$(date +%s)
 
 work=$(mktemp -d /tmp/instrbench.XXXXXX)
@@ -143,29 +145,9 @@ PIN_SRV=() PIN_CLI=()
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   PIN_SRV=(taskset -c 0) PIN_CLI=(taskset -c 1)
 fi
-code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $2" "$1" || true; }
-expect() { # url key status
-  local got
-  got=$(code "$1" "$2")
-  [ "$got" = "$3" ] || { echo "$1 with key ${2:0:16}...: got $got, expected $3" >&2; exit 1; }
-}
 
 # ---- upstream (gateway_keys.sh's) ------------------------------------------
-cat > upstream.conf <<EOF
-worker_processes 1;
-daemon off;
-pid $work/up.pid;
-error_log $work/up.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$UP reuseport backlog=4096;
-    keepalive_requests 1000000;
-    location / { default_type application/json; return 200 '{"ok":true,"service":"bench-upstream","n":42}'; }
-  }
-}
-EOF
+write_upstream_conf
 "${PIN_CLI[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 UPPID=$!
 
@@ -188,44 +170,8 @@ BADKEY=tg_live_QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ000000
 
 # ---- nginx as an API gateway: gateway_keys.sh's config (NGX_AUTH=if), one
 # process doing everything (master_process off) so callgrind sees it all ---
-cat > gw_nginx.conf <<EOF
-master_process off;
-worker_processes 1;
-daemon off;
-pid $work/ngx.pid;
-error_log $work/ngx.err;
-events { worker_connections 8192; }
-http {
-  log_format api_main '\$remote_addr - \$remote_user [\$time_local] "\$request" '
-                      '\$status \$body_bytes_sent "\$http_referer" "\$http_user_agent" '
-                      '"\$http_x_forwarded_for" "\$api_name" "\$api_client_name"';
-  # 10,000 keys of 57 chars: the map's hash needs room (nginx says so at start)
-  map_hash_bucket_size 256;
-  map_hash_max_size 65536;
-  map \$http_x_api_key \$api_client_name {
-    default "";
-    include $work/k10/nginx_map.conf;
-  }
-  limit_req_zone \$api_client_name zone=clients:10m rate=100000r/s;
-  limit_req_status 429;
-  upstream backend { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:$NGX reuseport backlog=4096;
-    keepalive_requests 1000000;
-    access_log $work/ngx_access.log api_main buffer=64k;
-    set \$api_name "bench";
-    location /bench/ {
-      if (\$api_client_name = "") { return 401; }
-      limit_req zone=clients burst=1000 nodelay;
-      proxy_pass http://backend/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-API-Key "";
-      proxy_set_header X-Client-Name \$api_client_name;
-    }
-  }
-}
-EOF
+write_nginx_gw_conf "master_process off;
+worker_processes 1;" 'if ($api_client_name = "") { return 401; }' ""
 
 # ---- one configuration under callgrind ----------------------------------------
 VG=("${PIN_SRV[@]}" valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes)

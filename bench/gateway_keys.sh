@@ -57,6 +57,8 @@ for b in gateway/tollgate-gateway admin-api/tollgate-server cli/tollgate bench/l
   [ -x build/$b ] || { echo "build/$b missing: run scripts/build.sh" >&2; exit 1; }
 done
 HELPER=$PWD/bench/gateway_keys.py
+# shared with gateway_instr.sh: the upstream, nginx-gw, expect()
+. "$PWD/bench/keys_common.sh"
 
 work=$(mktemp -d /tmp/keybench.XXXXXX)
 pids=()
@@ -97,29 +99,9 @@ fi
 [ "${UPSTREAM_SCHED:-}" = batch ] && PIN_UP=(chrt -b 0 "${PIN_UP[@]}")
 ms_now() { echo $(($(date +%s%N) / 1000000)); }
 rss() { awk '/VmRSS/ {printf "%.0f MB", $2 / 1024}' "/proc/$1/status"; }
-code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $2" "$1"; }
-expect() { # url key status
-  local got
-  got=$(code "$1" "$2")
-  [ "$got" = "$3" ] || { echo "$1 with key ${2:0:16}...: got $got, expected $3" >&2; exit 1; }
-}
 
 # ---- upstream --------------------------------------------------------------
-cat > upstream.conf <<EOF
-worker_processes 1;
-daemon off;
-pid $work/up.pid;
-error_log $work/up.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$UP reuseport backlog=4096;
-    keepalive_requests 1000000;
-    location / { default_type application/json; return 200 '{"ok":true,"service":"bench-upstream","n":42}'; }
-  }
-}
-EOF
+write_upstream_conf
 "${PIN_UP[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 UPPID=$!
 
@@ -171,44 +153,7 @@ else
   auth='if ($api_client_name = "") { return 401; }'
   validate=''
 fi
-cat > gw_nginx.conf <<EOF
-worker_processes $WORKERS;
-daemon off;
-pid $work/ngx.pid;
-error_log $work/ngx.err;
-events { worker_connections 8192; }
-http {
-  log_format api_main '\$remote_addr - \$remote_user [\$time_local] "\$request" '
-                      '\$status \$body_bytes_sent "\$http_referer" "\$http_user_agent" '
-                      '"\$http_x_forwarded_for" "\$api_name" "\$api_client_name"';
-  # 10,000 keys of 57 chars: the map's hash needs room (nginx says so at start)
-  map_hash_bucket_size 256;
-  map_hash_max_size 65536;
-  map \$http_x_api_key \$api_client_name {
-    default "";
-    include $work/k10/nginx_map.conf;
-  }
-  limit_req_zone \$api_client_name zone=clients:10m rate=100000r/s;
-  limit_req_status 429;
-  upstream backend { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:$NGX reuseport backlog=4096;
-    keepalive_requests 1000000;
-    access_log $work/ngx_access.log api_main buffer=64k;
-    set \$api_name "bench";
-    location /bench/ {
-      $auth
-      limit_req zone=clients burst=1000 nodelay;
-      proxy_pass http://backend/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-API-Key "";
-      proxy_set_header X-Client-Name \$api_client_name;
-    }
-    $validate
-  }
-}
-EOF
+write_nginx_gw_conf "worker_processes $WORKERS;" "$auth" "$validate"
 "${PIN_SRV[@]}" nginx -c "$work/gw_nginx.conf" -p "$work" & pids+=($!)
 NGXPID=$!
 
