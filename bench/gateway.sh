@@ -13,6 +13,7 @@
 # Loopback only; every run is bounded by DUR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh # the upstream, shared with the keys benches
 WORKERS=${1:-1}
 ROUNDS=${2:-3}
 DUR=${DUR:-10s}
@@ -39,21 +40,7 @@ PIN_SRV=() PIN_WRK=()
 if [ "$WORKERS" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   PIN_SRV=(taskset -c 0) PIN_WRK=(taskset -c 1)
 fi
-cat > "$work/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/up.pid;
-error_log $work/up.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server {
-    listen 127.0.0.1:$UP reuseport backlog=4096;
-    keepalive_requests 1000000;
-    location / { default_type application/json; return 200 '{"ok":true,"service":"bench-upstream","n":42}'; }
-  }
-}
-EOF
+write_upstream_conf
 cat > "$work/proxy.conf" <<EOF
 worker_processes $WORKERS;
 daemon off;

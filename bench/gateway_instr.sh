@@ -104,7 +104,7 @@ for b in gateway/tollgate-gateway cli/tollgate bench/loadgen; do
 done
 HELPER=$PWD/bench/gateway_keys.py
 # shared with gateway_keys.sh: the upstream, nginx-gw, expect()
-. "$PWD/bench/keys_common.sh"
+. "$PWD/bench/common.sh"
 T_START=$(date +%s)
 
 work=$(mktemp -d /tmp/instrbench.XXXXXX)

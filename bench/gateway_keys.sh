@@ -58,7 +58,7 @@ for b in gateway/tollgate-gateway admin-api/tollgate-server cli/tollgate bench/l
 done
 HELPER=$PWD/bench/gateway_keys.py
 # shared with gateway_instr.sh: the upstream, nginx-gw, expect()
-. "$PWD/bench/keys_common.sh"
+. "$PWD/bench/common.sh"
 
 work=$(mktemp -d /tmp/keybench.XXXXXX)
 pids=()

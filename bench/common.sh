@@ -1,7 +1,8 @@
-# keys_common.sh - sourced by gateway_keys.sh and gateway_instr.sh, which
-# must measure the same upstream and the same nginx configured as an API
-# gateway: one copy of each, here. Expects $work (the bench's directory),
-# $UP (the upstream's port) and, for the gateway, $NGX (its port).
+# common.sh - sourced by the gateway benches (gateway.sh, gateway_keys.sh,
+# gateway_instr.sh), which must measure against the same upstream and, for
+# the last two, the same nginx configured as an API gateway: one copy of
+# each, here. Expects $work (the bench's directory), $UP (the upstream's
+# port) and, for the API gateway, $NGX (its port).
 
 code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-API-Key: $2" "$1" || true; }
 expect() { # url key status
