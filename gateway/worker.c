@@ -1042,6 +1042,19 @@ static void auth_failed(gw_conn_t *c, int64_t minute) {
                                                   memory_order_relaxed));
 }
 
+/* The token of an "Authorization: Bearer <token>" header (the scheme in
+ * any case, blanks after it skipped); false if h is no such header. */
+static bool bearer_token(const gw_header_t *h, const char **t, size_t *tl) {
+  if (h->id != GW_H_AUTHORIZATION || h->value_len <= 7 || strncasecmp(h->value, "bearer ", 7) != 0)
+    return false;
+  const char *v = h->value + 7, *end = h->value + h->value_len;
+  while (v < end && (*v == ' ' || *v == '\t'))
+    v++;
+  *t = v;
+  *tl = (size_t)(end - v);
+  return true;
+}
+
 /* The API key of the request: the configured header, Authorization:
  * Bearer, or the API's query parameter. */
 static bool find_key(gw_conn_t *c, const char **kt, size_t *kl) {
@@ -1055,17 +1068,9 @@ static bool find_key(gw_conn_t *c, const char **kt, size_t *kl) {
       return true;
     }
   }
-  for (unsigned i = 0; i < q->nheaders; i++) {
-    const gw_header_t *h = &q->headers[i];
-    if (h->id == GW_H_AUTHORIZATION && h->value_len > 7 &&
-        strncasecmp(h->value, "bearer ", 7) == 0) {
-      *kt = h->value + 7;
-      *kl = h->value_len - 7;
-      while (*kl > 0 && (**kt == ' ' || **kt == '\t'))
-        (*kt)++, (*kl)--;
+  for (unsigned i = 0; i < q->nheaders; i++)
+    if (bearer_token(&q->headers[i], kt, kl))
       return true;
-    }
-  }
   const char *pn = c->route->key_query_param;
   size_t pl = strlen(pn);
   if (pl && q->query) {
@@ -1324,18 +1329,10 @@ static bool drop_request_header(const gw_request_head_t *req, const gw_header_t 
  * holds a Tollgate key (another bearer token is the upstream's own). With
  * key stripping on, none of them reaches the upstream. */
 static bool is_key_copy(const gw_server_t *srv, const gw_header_t *h) {
-  if (gw_header_is(h, srv->key_header))
-    return true;
-  if (h->id == GW_H_AUTHORIZATION) {
-    const char *v = h->value, *end = v + h->value_len;
-    if (h->value_len < 7 || strncasecmp(v, "bearer ", 7) != 0)
-      return false;
-    v += 7;
-    while (v < end && (*v == ' ' || *v == '\t'))
-      v++;
-    return (size_t)(end - v) >= 8 && memcmp(v, "tg_live_", 8) == 0;
-  }
-  return false;
+  const char *t;
+  size_t tl;
+  return gw_header_is(h, srv->key_header) ||
+         (bearer_token(h, &t, &tl) && tl >= 8 && memcmp(t, "tg_live_", 8) == 0);
 }
 
 /* A client's copy of a header the gateway sets to say who is calling:
