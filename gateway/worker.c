@@ -2521,12 +2521,13 @@ static void *worker_main(void *arg) {
     if (w->draining && w->nconns == 0)
       break;
     int timeout = 1000;
+    int64_t before = w->nheap > 0 || w->loglen > 0 ? now_ms() : 0;
     if (w->nheap > 0) {
-      int64_t d = w->heap[0]->heap_key - now_ms();
+      int64_t d = w->heap[0]->heap_key - before;
       timeout = d < 0 ? 0 : (d > 1000 ? 1000 : (int)d);
     }
     if (w->loglen > 0) {
-      int64_t d = w->log_due - now_ms();
+      int64_t d = w->log_due - before;
       timeout = d < 0 ? 0 : (d < timeout ? (int)d : timeout);
     }
     if (w->nagain > 0)
