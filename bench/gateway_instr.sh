@@ -4,6 +4,8 @@
 # machine's noise.
 #
 #   bench/gateway_instr.sh [REQUESTS]    (default 4000; RATE=400, KEYS_USED=1000)
+#   KEEP=DIR keeps callgrind's output files there, per thread, for
+#   callgrind_annotate (the metering thread's is the one in meter_main).
 #
 # Why: on the 2-core dev VM wall-clock benches (bench/gateway_keys.sh) drift
 # by +-20% between rounds, and the VM has no hardware counters (`perf stat
@@ -117,6 +119,7 @@ cleanup() {
     kill -9 "$p" 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP" && cp "$work"/cg-* "$KEEP"/ 2>/dev/null || true; }
   rm -rf "$work"
 }
 trap cleanup EXIT
