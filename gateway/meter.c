@@ -233,13 +233,22 @@ static void bound_pending(void) {
  * 1% of the second (the keys bench's p99 moved from 2.47 ms with
  * metering off to 2.78 ms with it on, and twice that at a fixed rate).
  * So after each slice the thread sleeps FLUSH_REST times as long as the
- * slice took (a quarter of the core at most), and only yields once the
- * flush has lasted FLUSH_BUDGET of the interval: a large flush must still
- * finish within its interval, or usage would fall behind. */
-#define FLUSH_SLICE      8 /* rows written between two pauses */
-#define FLUSH_REST       3 /* sleep this many times the slice's own time */
-#define FLUSH_BUDGET     4 /* sleep only in the first 1/FLUSH_BUDGET of the interval */
-#define FLUSH_NAP_MAX_US 1000
+ * slice took, and only yields once the flush has lasted FLUSH_BUDGET of
+ * the interval: a large flush must still finish within its interval, or
+ * usage would fall behind.
+ *
+ * FLUSH_REST was 3 (a quarter of the core for ~30 ms). At a fixed rate
+ * of 28,000 req/s, requests slower than 300 us still crowd into those
+ * 30 ms, 3-21 times as densely as in the rest of the second, also with the
+ * thread at SCHED_IDLE (so it is not the CPU share: the slices' SQLite
+ * work slows what runs after them) and not when the flush skips SQLite.
+ * Spread thinner (1/31 of the core, ~150-250 ms for 1,000 rows), the
+ * flushes' excess of slow requests fell by 59% summed over 9 paired
+ * runs, lower in 7 of them (bench/README.md, fifth session). */
+#define FLUSH_SLICE      8  /* rows written between two pauses */
+#define FLUSH_REST       30 /* sleep this many times the slice's own time */
+#define FLUSH_BUDGET     4  /* sleep only in the first 1/FLUSH_BUDGET of the interval */
+#define FLUSH_NAP_MAX_US 5000
 
 typedef struct row_ids {
   char api[GW_POL_ID_LEN + 1];
@@ -393,14 +402,21 @@ static void *meter_main(void *arg) {
   (void)arg;
   gw_thread_role("tg-meter", true);
   int64_t interval = tg_config_int(m.srv->cfg, "metering_interval");
+  /* Flushes start every interval, not an interval after the last one
+   * ended: a paced flush lasts up to a quarter of the interval, and the
+   * counters must not wait longer than one interval for the next. */
+  struct timespec due;
+  clock_gettime(CLOCK_REALTIME, &due);
   pthread_mutex_lock(&m.lock);
   while (!m.stop) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t ns = ts.tv_nsec + (interval % 1000) * 1000000;
-    ts.tv_sec += interval / 1000 + ns / 1000000000;
-    ts.tv_nsec = ns % 1000000000;
-    pthread_cond_timedwait(&m.cond, &m.lock, &ts);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t ns = due.tv_nsec + (interval % 1000) * 1000000;
+    due.tv_sec += interval / 1000 + ns / 1000000000;
+    due.tv_nsec = ns % 1000000000;
+    if (due.tv_sec < now.tv_sec || (due.tv_sec == now.tv_sec && due.tv_nsec < now.tv_nsec))
+      due = now; /* the last flush overran its interval: start at once */
+    pthread_cond_timedwait(&m.cond, &m.lock, &due);
     if (m.stop)
       break;
     pthread_mutex_unlock(&m.lock);
