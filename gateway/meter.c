@@ -237,18 +237,20 @@ static void bound_pending(void) {
  * the interval: a large flush must still finish within its interval, or
  * usage would fall behind.
  *
- * FLUSH_REST was 3 (a quarter of the core for ~30 ms). At a fixed rate
- * of 28,000 req/s, requests slower than 300 us still crowd into those
- * 30 ms, 3-21 times as densely as in the rest of the second, also with the
- * thread at SCHED_IDLE (so it is not the CPU share: the slices' SQLite
- * work slows what runs after them) and not when the flush skips SQLite.
- * Spread thinner (1/31 of the core, ~150-250 ms for 1,000 rows), the
- * flushes' excess of slow requests fell by 59% summed over 9 paired
- * runs, lower in 7 of them (bench/README.md, fifth session). */
-#define FLUSH_SLICE      8  /* rows written between two pauses */
-#define FLUSH_REST       30 /* sleep this many times the slice's own time */
-#define FLUSH_BUDGET     4  /* sleep only in the first 1/FLUSH_BUDGET of the interval */
-#define FLUSH_NAP_MAX_US 5000
+ * The transaction holds the store's write lock for the whole flush, so
+ * spreading it trades the workers' latency for every other writer's
+ * (admin API, portal). Requests slower than 300 us crowd into a flush's
+ * ~30 ms, 3-21 times as densely as in the rest of the second (open loop,
+ * 28,000 req/s; also with the thread at SCHED_IDLE, and not when the
+ * flush skips SQLite: it is the SQLite work, not the CPU share). Spread
+ * over ~150-250 ms (FLUSH_REST 30) that excess fell by 59% over 9 paired
+ * runs, but a concurrent store write's p99 rose from 34-54 ms to
+ * 230-330 ms; so the spread stays short (bench/README.md, fifth
+ * session). The real lever is fewer rows written per second. */
+#define FLUSH_SLICE      8 /* rows written between two pauses */
+#define FLUSH_REST       3 /* sleep this many times the slice's own time */
+#define FLUSH_BUDGET     4 /* sleep only in the first 1/FLUSH_BUDGET of the interval */
+#define FLUSH_NAP_MAX_US 1000
 
 typedef struct row_ids {
   char api[GW_POL_ID_LEN + 1];
