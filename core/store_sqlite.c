@@ -1145,8 +1145,8 @@ out:
  * (callgrind, 1,000 rows a transaction). */
 static const char usage_update_sql[] =
     "UPDATE usage_rollups SET subscription_id = ?8, calls = calls + ?11, "
-    "bytes_in = bytes_in + ?12, bytes_out = bytes_out + ?13, latency_us_sum = latency_us_sum + "
-    "?14, "
+    "bytes_in = bytes_in + ?12, bytes_out = bytes_out + ?13, "
+    "latency_us_sum = latency_us_sum + ?14, "
     "h00 = h00 + ?15, h01 = h01 + ?16, h02 = h02 + ?17, h03 = h03 + ?18, h04 = h04 + ?19, "
     "h05 = h05 + ?20, h06 = h06 + ?21, h07 = h07 + ?22, h08 = h08 + ?23, h09 = h09 + ?24, "
     "h10 = h10 + ?25, h11 = h11 + ?26, h12 = h12 + ?27, h13 = h13 + ?28, h14 = h14 + ?29 "

@@ -406,13 +406,15 @@ static void *meter_main(void *arg) {
   int64_t interval = tg_config_int(m.srv->cfg, "metering_interval");
   /* Flushes start every interval, not an interval after the last one
    * ended: a paced flush lasts up to a quarter of the interval, and the
-   * counters must not wait longer than one interval for the next. */
+   * counters must not wait longer than one interval for the next. The
+   * beat runs on CLOCK_MONOTONIC (m.cond waits on it, gw_meter_start):
+   * on the wall clock, a step back would stop the flushes for as long. */
   struct timespec due;
-  clock_gettime(CLOCK_REALTIME, &due);
+  clock_gettime(CLOCK_MONOTONIC, &due);
   pthread_mutex_lock(&m.lock);
   while (!m.stop) {
     struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
+    clock_gettime(CLOCK_MONOTONIC, &now);
     int64_t ns = due.tv_nsec + (interval % 1000) * 1000000;
     due.tv_sec += interval / 1000 + ns / 1000000000;
     due.tv_nsec = ns % 1000000000;
@@ -452,6 +454,18 @@ int gw_meter_start(gw_server_t *srv, char *err, size_t errlen) {
     return -1;
   }
   m.stop = false;
+  pthread_condattr_t ca; /* the beat's clock: see meter_main */
+  int cerr = pthread_condattr_init(&ca);
+  if (!cerr) {
+    if (!(cerr = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC)) &&
+        !(cerr = pthread_cond_destroy(&m.cond)))
+      cerr = pthread_cond_init(&m.cond, &ca);
+    pthread_condattr_destroy(&ca);
+  }
+  if (cerr) {
+    snprintf(err, errlen, "metering: cannot set up its timer");
+    return -1;
+  }
   if (pthread_create(&m.thread, NULL, meter_main, NULL) != 0) {
     snprintf(err, errlen, "metering: cannot start its thread");
     return -1;
