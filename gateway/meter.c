@@ -409,17 +409,14 @@ static void *meter_main(void *arg) {
    * counters must not wait longer than one interval for the next. The
    * beat runs on CLOCK_MONOTONIC (m.cond waits on it, gw_meter_start):
    * on the wall clock, a step back would stop the flushes for as long. */
-  struct timespec due;
-  clock_gettime(CLOCK_MONOTONIC, &due);
+  int64_t due_us = tg_mono_us();
   pthread_mutex_lock(&m.lock);
   while (!m.stop) {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int64_t ns = due.tv_nsec + (interval % 1000) * 1000000;
-    due.tv_sec += interval / 1000 + ns / 1000000000;
-    due.tv_nsec = ns % 1000000000;
-    if (due.tv_sec < now.tv_sec || (due.tv_sec == now.tv_sec && due.tv_nsec < now.tv_nsec))
-      due = now; /* the last flush overran its interval: start at once */
+    due_us += interval * 1000;
+    int64_t now_us = tg_mono_us();
+    if (due_us < now_us)
+      due_us = now_us; /* the last flush overran its interval: start at once */
+    struct timespec due = {due_us / 1000000, (long)(due_us % 1000000) * 1000};
     pthread_cond_timedwait(&m.cond, &m.lock, &due);
     if (m.stop)
       break;
