@@ -443,7 +443,8 @@ static int usage_export(const tg_config_t *cfg, int argc, char **argv) {
   tg_report_t *rep = NULL;
   tg_report_params_t rp;
   int rc;
-  if ((rc = open_store(cfg, TG_STORE_OPEN_READONLY, &s, NULL, NULL, &p)) ||
+  /* read-write: the report folds the usage journal into the ledger first */
+  if ((rc = open_store(cfg, TG_STORE_OPEN_CURRENT, &s, NULL, NULL, &p)) ||
       (rc = tg_report_params_parse(s, kv_get, &kv, NULL, &rp, &p)) ||
       (rc = tg_report_open(s, &rp, &rep, &p)))
     goto out;

@@ -575,7 +575,17 @@ const tg_cfg_key_t tg_config_keys[] = {
         .def = "1s",
         .min = 50,
         .max = 60000,
-        .help = "how often the gateway writes its usage counters to the store",
+        .help = "how often the gateway writes its usage counters to the store (as one usage "
+                "journal entry)",
+    },
+    {
+        .name = "metering_fold_interval",
+        .type = TG_CFG_DURATION,
+        .def = "60s",
+        .min = 50,
+        .max = 3600000,
+        .help = "how often the gateway folds the usage journal into the usage ledger (reports, "
+                "quotas and compaction fold it first, so this bounds the journal, not freshness)",
     },
     {
         .name = "metering_max_pending",

@@ -49,6 +49,11 @@ typedef struct tg_store_vtab {
   /* rows: n >= 1 rows that passed store.c's checks. */
   int (*usage_add)(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size_t every,
                    void (*pause)(void), tg_problem_t *p);
+  /* rows: n >= 1 rows that passed store.c's checks. */
+  int (*usage_journal)(tg_store_t *s, const tg_usage_row_t *rows, size_t n, int64_t now,
+                       tg_problem_t *p);
+  int (*usage_fold)(tg_store_t *s, size_t every, void (*pause)(void), tg_usage_fold_stats_t *st,
+                    tg_problem_t *p);
   int (*usage_open)(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
                     tg_problem_t *p);
   int (*usage_next)(tg_usage_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p);

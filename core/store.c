@@ -269,9 +269,7 @@ static int usage_bad(tg_problem_t *p, size_t i, const char *member, const char *
   return tg_problem_set(p, TG_EINVAL, field, "%s", detail);
 }
 
-/* One row against the ledger's rules (the CHECKs of usage_rollups), so that
- * a bad row is refused before the transaction starts, and named. */
-static int check_usage_row(const tg_usage_row_t *r, size_t i, tg_problem_t *p) {
+int tg_usage_row_check(const tg_usage_row_t *r, size_t i, tg_problem_t *p) {
   if (r->granularity != 60 && r->granularity != 3600 && r->granularity != 86400)
     return usage_bad(p, i, "granularity", "must be 60, 3600 or 86400, not %lld",
                      (long long)r->granularity);
@@ -340,11 +338,27 @@ int tg_store_usage_add_paced(tg_store_t *s, const tg_usage_row_t *rows, size_t n
   if (!rows)
     return tg_problem_set(p, TG_EINVAL, "rows", "no rows");
   for (size_t i = 0; i < n; i++) {
-    int rc = check_usage_row(&rows[i], i, p);
+    int rc = tg_usage_row_check(&rows[i], i, p);
     if (rc)
       return rc;
   }
   return s->vt->usage_add(s, rows, n, pause ? every : 0, pause, p);
+}
+
+int tg_store_usage_journal(tg_store_t *s, const tg_usage_row_t *rows, size_t n, int64_t now,
+                           tg_problem_t *p) {
+  if (n == 0)
+    return TG_OK;
+  if (!rows)
+    return tg_problem_set(p, TG_EINVAL, "rows", "no rows");
+  if (now < 0)
+    return tg_problem_set(p, TG_EINVAL, "now", "before 1970");
+  return s->vt->usage_journal(s, rows, n, now, p); /* the encoder checks each row */
+}
+
+int tg_store_usage_fold(tg_store_t *s, size_t every, void (*pause)(void), tg_usage_fold_stats_t *st,
+                        tg_problem_t *p) {
+  return s->vt->usage_fold(s, pause ? every : 0, pause, st, p);
 }
 
 const char *const tg_usage_reasons[TG_USAGE_REASONS] = {
@@ -396,7 +410,7 @@ int tg_store_usage_open(tg_store_t *s, const tg_usage_query_t *q, tg_usage_curso
                         tg_problem_t *p) {
   *out = NULL;
   int rc = tg_usage_query_check(q, p);
-  if (rc)
+  if (rc || (rc = s->vt->usage_fold(s, 0, NULL, NULL, p)))
     return rc;
   return s->vt->usage_open(s, q, out, p);
 }
@@ -414,7 +428,10 @@ int tg_store_usage_compact(tg_store_t *s, int64_t now, int64_t lag, const tg_usa
                            int max_periods, tg_usage_compact_stats_t *st, tg_problem_t *p) {
   if (lag < 0 || max_periods < 1 || !ret || ret->minutes_s < 0 || ret->hours_s < 0)
     return tg_problem_set(p, TG_EINVAL, "compact", "bad lag, budget or retention");
-  /* a finer granularity can never be kept longer than its sums exist */
+  /* the journal first: compaction sums the ledger's minute rows */
+  int rc = s->vt->usage_fold(s, 0, NULL, NULL, p);
+  if (rc)
+    return rc;
   return s->vt->usage_compact(s, now, lag, ret, max_periods, st, p);
 }
 

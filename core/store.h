@@ -231,6 +231,11 @@ typedef struct tg_usage_row {
   int64_t h[TG_USAGE_BUCKETS]; /* sums to calls */
 } tg_usage_row_t;
 
+/* One row against the ledger's rules (the CHECKs of usage_rollups), so that
+ * a bad row is refused before a transaction starts: TG_EINVAL naming it as
+ * rows[i] ("rows[2].reason"). */
+int tg_usage_row_check(const tg_usage_row_t *r, size_t i, tg_problem_t *p);
+
 /*
  * Add rows to the ledger in one transaction: a row whose primary key
  * (granularity, period_start, key_id, api_id, plan_id, status_class,
@@ -253,6 +258,34 @@ int tg_store_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, tg_p
  */
 int tg_store_usage_add_paced(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size_t every,
                              void (*pause)(void), tg_problem_t *p);
+
+/*
+ * The usage journal (schema/0006_usage_journal.sql): the gateway's cheap
+ * way to add rows every second. tg_store_usage_journal appends rows
+ * (checked as tg_store_usage_add checks them) as one journal entry, in
+ * one INSERT: all or nothing, TG_EBUSY when the store is locked past the
+ * busy timeout (keep the rows and retry), part of the caller's
+ * transaction inside tg_store_begin/commit. From then on the rows count
+ * as if tg_store_usage_add had added them: tg_store_usage_fold adds every
+ * entry to the ledger, summed, in id order, and deletes them, each batch
+ * of entries in one transaction (a crash folds either all of a batch or
+ * none of it); reports, quotas and compaction fold first. A damaged entry
+ * stops the fold (TG_ESTORE naming its id; nothing of its batch is
+ * folded). A read-only store cannot fold: with entries waiting, its
+ * reports fail (TG_ESTORE) rather than leave them out.
+ */
+int tg_store_usage_journal(tg_store_t *s, const tg_usage_row_t *rows, size_t n, int64_t now,
+                           tg_problem_t *p);
+
+typedef struct tg_usage_fold_stats {
+  int64_t entries; /* journal entries folded */
+  int64_t rows;    /* ledger rows they were summed into */
+} tg_usage_fold_stats_t;
+
+/* Fold the journal, pause() after every `every` ledger rows written (0:
+ * never; see tg_store_usage_add_paced). st (may be NULL) is added to. */
+int tg_store_usage_fold(tg_store_t *s, size_t every, void (*pause)(void), tg_usage_fold_stats_t *st,
+                        tg_problem_t *p);
 
 /*
  * Calls that count against quotas since `since` (unix seconds, inclusive),

@@ -24,6 +24,7 @@
 #include "core/keys.h"
 #include "core/migrate.h"
 #include "core/store-int.h"
+#include "core/usage_journal.h"
 #include "core/util.h"
 
 /* Prepared statements are kept per connection, keyed by their SQL text:
@@ -41,6 +42,7 @@ typedef struct sql_store {
   tg_store_t base;
   sqlite3 *db;
   int in_tx;
+  bool readonly; /* TG_STORE_OPEN_READONLY: cannot fold the usage journal */
   cached_stmt_t cache[STMT_CACHE];
   int ncache;
   unsigned evict;
@@ -341,6 +343,7 @@ int tg_store_sqlite_open(const tg_store_options_t *opt, tg_store_t **out, int *f
     goto out;
   }
   st->base.vt = &sqlite_vtab;
+  st->readonly = opt->mode == TG_STORE_OPEN_READONLY;
   if (sqlite3_open_v2(opt->path, &st->db, flags, NULL) != SQLITE_OK) {
     result = tg_problem_set(p, TG_ESTORE, "db_path", "cannot open %s: %s", opt->path,
                             st->db ? sqlite3_errmsg(st->db) : "out of memory");
@@ -1236,17 +1239,14 @@ static int usage_add_late(sql_store_t *st, const usage_stmts_t *u, const tg_usag
  *   each update: a key never changes app nor an app developer (both
  *   immutable), and rewriting app_id would move the row's entry in
  *   usage_rollups_app every time. */
-static int s_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size_t every,
+static int usage_write(sql_store_t *st, const tg_usage_row_t *rows, size_t n, size_t every,
                        void (*pause)(void), tg_problem_t *p) {
-  sql_store_t *st = (sql_store_t *)s;
   usage_stmts_t u = {NULL, NULL};
-  int nested = st->in_tx, result;
+  int result;
   char what[48];
-  if ((result = exec_cached(st, nested ? "SAVEPOINT usage_add" : "BEGIN IMMEDIATE", p)))
-    return result;
   int64_t wm_hours, wm_days;
   if ((result = wm_get(st, WM_HOURS, &wm_hours, p)) || (result = wm_get(st, WM_DAYS, &wm_days, p)))
-    goto out;
+    return result;
   if (stmt_prepare(st, usage_update_sql, &u.update) != SQLITE_OK ||
       stmt_prepare(st, usage_upsert_sql, &u.upsert) != SQLITE_OK) {
     result = sql_error(st, "usage", p);
@@ -1264,17 +1264,280 @@ static int s_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size
     if (every && (i + 1) % every == 0 && i + 1 < n)
       pause();
   }
-  stmt_release(st, u.update);
-  stmt_release(st, u.upsert);
-  u.update = u.upsert = NULL;
-  result = exec_cached(st, nested ? "RELEASE usage_add" : "COMMIT", p);
 out:
   stmt_release(st, u.update);
   stmt_release(st, u.upsert);
   exec_cached(st, "PRAGMA ignore_check_constraints = OFF", &(tg_problem_t){0});
+  return result;
+}
+
+static int s_usage_add(tg_store_t *s, const tg_usage_row_t *rows, size_t n, size_t every,
+                       void (*pause)(void), tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  int nested = st->in_tx, result;
+  if ((result = exec_cached(st, nested ? "SAVEPOINT usage_add" : "BEGIN IMMEDIATE", p)))
+    return result;
+  if (!(result = usage_write(st, rows, n, every, pause, p)))
+    result = exec_cached(st, nested ? "RELEASE usage_add" : "COMMIT", p);
   if (result)
     sqlite3_exec(st->db, nested ? "ROLLBACK TO usage_add; RELEASE usage_add" : "ROLLBACK", NULL,
                  NULL, NULL);
+  return result;
+}
+
+/* ---- usage journal ------------------------------------------------------------ */
+
+/* One statement, so one short write transaction of its own (or a part of
+ * the caller's). */
+static int s_usage_journal(tg_store_t *s, const tg_usage_row_t *rows, size_t n, int64_t now,
+                           tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  unsigned char *body;
+  size_t len;
+  int result = tg_usage_journal_encode(rows, n, &body, &len, p);
+  if (result)
+    return result;
+  sqlite3_stmt *stmt = NULL;
+  if (stmt_prepare(st, "INSERT INTO usage_journal (written_at, nrows, body) VALUES (?, ?, ?)",
+                   &stmt) != SQLITE_OK) {
+    result = sql_error(st, "usage journal", p);
+  } else {
+    sqlite3_bind_int64(stmt, 1, now);
+    sqlite3_bind_int64(stmt, 2, (int64_t)n);
+    sqlite3_bind_blob64(stmt, 3, body, len, SQLITE_STATIC);
+    if (sqlite3_step(stmt) != SQLITE_DONE)
+      result = sql_error(st, "usage journal", p);
+  }
+  stmt_release(st, stmt);
+  free(body);
+  return result;
+}
+
+/* A fold reads at most this much of the journal per transaction; the
+ * gateway's minute is ~60 entries. */
+#define FOLD_MAX_ENTRIES 1000
+#define FOLD_MAX_BYTES   ((size_t)64 << 20)
+
+typedef struct fold_row {
+  tg_usage_row_t r;
+  size_t seq; /* journal order, for a stable sort */
+} fold_row_t;
+
+typedef struct fold {
+  fold_row_t *v;
+  size_t n, cap;
+  unsigned char **bodies; /* copies the rows' strings point into */
+  size_t nbodies, capbodies;
+} fold_t;
+
+static int fold_collect(const tg_usage_row_t *row, void *ctx) {
+  fold_t *f = ctx;
+  if (f->n == f->cap) {
+    size_t cap = f->cap ? f->cap * 2 : 1024;
+    fold_row_t *v = realloc(f->v, cap * sizeof(*v));
+    if (!v)
+      return TG_ENOMEM;
+    f->v = v;
+    f->cap = cap;
+  }
+  f->v[f->n].r = *row;
+  f->v[f->n].seq = f->n;
+  f->n++;
+  return TG_OK;
+}
+
+static void fold_free(fold_t *f) {
+  for (size_t i = 0; i < f->nbodies; i++)
+    free(f->bodies[i]);
+  free(f->bodies);
+  free(f->v);
+}
+
+/* Ledger primary key order. */
+static int pk_cmp(const tg_usage_row_t *x, const tg_usage_row_t *y) {
+  int c;
+  if (x->granularity != y->granularity)
+    return x->granularity < y->granularity ? -1 : 1;
+  if (x->period_start != y->period_start)
+    return x->period_start < y->period_start ? -1 : 1;
+  if ((c = strcmp(x->key_id, y->key_id)) || (c = strcmp(x->api_id, y->api_id)) ||
+      (c = strcmp(x->plan_id, y->plan_id)))
+    return c;
+  if (x->status_class != y->status_class)
+    return x->status_class < y->status_class ? -1 : 1;
+  return strcmp(x->reason, y->reason);
+}
+
+/* Primary key order, then journal order. */
+static int fold_cmp(const void *a, const void *b) {
+  const fold_row_t *x = a, *y = b;
+  int c = pk_cmp(&x->r, &y->r);
+  return c ? c : x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Sum rows with the same primary key into the first of them, as adding
+ * them one by one would: counters add up, subscription_id is the last
+ * one's, app_id and developer_id the first's. The result is v[0..*n). */
+static int fold_merge(fold_t *f, size_t *n, tg_problem_t *p) {
+  qsort(f->v, f->n, sizeof(*f->v), fold_cmp);
+  size_t out = 0;
+  for (size_t i = 0; i < f->n; i++) {
+    fold_row_t *last = out ? &f->v[out - 1] : NULL;
+    const tg_usage_row_t *r = &f->v[i].r;
+    if (!last || pk_cmp(&last->r, r) != 0) {
+      f->v[out++] = f->v[i];
+      continue;
+    }
+    tg_usage_row_t *d = &last->r;
+    bool over = __builtin_add_overflow(d->calls, r->calls, &d->calls) ||
+                __builtin_add_overflow(d->bytes_in, r->bytes_in, &d->bytes_in) ||
+                __builtin_add_overflow(d->bytes_out, r->bytes_out, &d->bytes_out) ||
+                __builtin_add_overflow(d->latency_us_sum, r->latency_us_sum, &d->latency_us_sum);
+    for (int k = 0; k < TG_USAGE_BUCKETS && !over; k++)
+      over = __builtin_add_overflow(d->h[k], r->h[k], &d->h[k]);
+    if (over)
+      return tg_problem_set(p, TG_ESTORE, "usage", "usage journal: a counter overflows");
+    d->subscription_id = r->subscription_id;
+  }
+  *n = out;
+  return TG_OK;
+}
+
+/* Read up to a batch of journal entries (decoded into f, every body
+ * checked), *last_id the newest read; *more when entries were left. */
+static int fold_read(sql_store_t *st, fold_t *f, int64_t *last_id, int64_t *entries, bool *more,
+                     tg_problem_t *p) {
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK, rc;
+  size_t bytes = 0;
+  *last_id = -1;
+  *entries = 0;
+  *more = false;
+  if (stmt_prepare(st, "SELECT id, body FROM usage_journal ORDER BY id", &stmt) != SQLITE_OK)
+    return sql_error(st, "usage journal", p);
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    if (*entries == FOLD_MAX_ENTRIES || bytes > FOLD_MAX_BYTES) {
+      *more = true;
+      break;
+    }
+    int64_t id = sqlite3_column_int64(stmt, 0);
+    const void *blob = sqlite3_column_blob(stmt, 1);
+    size_t len = (size_t)sqlite3_column_bytes(stmt, 1);
+    if (f->nbodies == f->capbodies) {
+      size_t cap = f->capbodies * 2 + 16;
+      unsigned char **bodies = realloc(f->bodies, cap * sizeof(*bodies));
+      if (!bodies) {
+        result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+        break;
+      }
+      f->bodies = bodies;
+      f->capbodies = cap;
+    }
+    unsigned char *copy = malloc(len ? len : 1);
+    if (!copy) {
+      result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+      break;
+    }
+    if (len)
+      memcpy(copy, blob, len);
+    f->bodies[f->nbodies++] = copy;
+    tg_problem_t q;
+    tg_problem_clear(&q);
+    int drc = tg_usage_journal_decode(copy, len, fold_collect, f, NULL, &q);
+    if (drc == TG_ENOMEM) {
+      result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+      break;
+    }
+    if (drc) {
+      result = tg_problem_set(p, TG_ESTORE, "usage",
+                              "usage journal entry %lld is damaged (%s); nothing was folded",
+                              (long long)id, q.detail);
+      break;
+    }
+    *last_id = id;
+    (*entries)++;
+    bytes += len;
+  }
+  if (!result && rc != SQLITE_ROW && rc != SQLITE_DONE)
+    result = sql_error(st, "usage journal", p);
+  stmt_release(st, stmt);
+  return result;
+}
+
+/* How many entries the journal holds. */
+static int count_journal(sql_store_t *st, int64_t *n, tg_problem_t *p) {
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st, "SELECT count(*) FROM usage_journal", &stmt) != SQLITE_OK ||
+      sqlite3_step(stmt) != SQLITE_ROW)
+    result = sql_error(st, "usage journal", p);
+  else
+    *n = sqlite3_column_int64(stmt, 0);
+  stmt_release(st, stmt);
+  return result;
+}
+
+/* Delete the entries up to last_id (folded). */
+static int journal_delete(sql_store_t *st, int64_t last_id, tg_problem_t *p) {
+  sqlite3_stmt *stmt = NULL;
+  int result = TG_OK;
+  if (stmt_prepare(st, "DELETE FROM usage_journal WHERE id <= ?", &stmt) != SQLITE_OK)
+    return sql_error(st, "usage journal", p);
+  sqlite3_bind_int64(stmt, 1, last_id);
+  if (sqlite3_step(stmt) != SQLITE_DONE)
+    result = sql_error(st, "usage journal", p);
+  stmt_release(st, stmt);
+  return result;
+}
+
+static int s_usage_fold(tg_store_t *s, size_t every, void (*pause)(void),
+                        tg_usage_fold_stats_t *out, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  int nested = st->in_tx, result = TG_OK;
+  bool more = true;
+  while (more) {
+    int64_t pending = 0;
+    if ((result = count_journal(st, &pending, p)))
+      return result;
+    if (pending == 0)
+      return TG_OK;
+    if (st->readonly)
+      return tg_problem_set(p, TG_ESTORE, "usage",
+                            "the usage journal holds %lld flushes not yet folded into the ledger; "
+                            "a read-only connection cannot fold them",
+                            (long long)pending);
+    if ((result = exec_cached(st, nested ? "SAVEPOINT usage_fold" : "BEGIN IMMEDIATE", p)))
+      return result;
+    fold_t f;
+    memset(&f, 0, sizeof(f));
+    int64_t last_id, entries;
+    size_t n = 0;
+    if (!(result = fold_read(st, &f, &last_id, &entries, &more, p)) && entries > 0 &&
+        !(result = fold_merge(&f, &n, p))) {
+      tg_usage_row_t *rows = malloc((n ? n : 1) * sizeof(*rows));
+      if (!rows) {
+        result = tg_problem_set(p, TG_ENOMEM, "", NULL);
+      } else {
+        for (size_t i = 0; i < n; i++)
+          rows[i] = f.v[i].r;
+        if (!(result = usage_write(st, rows, n, every, pause, p)))
+          result = journal_delete(st, last_id, p);
+        free(rows);
+      }
+    }
+    if (!result)
+      result = exec_cached(st, nested ? "RELEASE usage_fold" : "COMMIT", p);
+    if (result)
+      sqlite3_exec(st->db, nested ? "ROLLBACK TO usage_fold; RELEASE usage_fold" : "ROLLBACK", NULL,
+                   NULL, NULL);
+    fold_free(&f);
+    if (result)
+      return result;
+    if (out) {
+      out->entries += entries;
+      out->rows += (int64_t)n;
+    }
+  }
   return result;
 }
 
@@ -2159,6 +2422,8 @@ static const tg_store_vtab_t sqlite_vtab = {
     .idem_purge = s_idem_purge,
     .scan = s_scan,
     .usage_add = s_usage_add,
+    .usage_journal = s_usage_journal,
+    .usage_fold = s_usage_fold,
     .usage_open = s_usage_open,
     .usage_next = s_usage_next,
     .usage_close = s_usage_close,

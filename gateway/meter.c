@@ -156,7 +156,8 @@ static struct {
   bool stop, running;
   gw_meter_tab_t *pending;
   gw_meter_stats_t stats;
-  bool failing; /* the last flush failed: log recovery once */
+  bool failing;      /* the last flush failed: log recovery once */
+  bool fold_failing; /* the last fold failed: the same */
 } m = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 void gw_meter_stats(gw_meter_stats_t *out) {
@@ -226,31 +227,32 @@ static void bound_pending(void) {
   }
 }
 
-/* A flush runs in slices of FLUSH_SLICE rows with pauses between them: the
- * metering thread usually shares its core with a busy worker, and the
- * scheduler, left alone, gives it half the core for the 10-20 ms a flush
- * of a thousand rows takes; the requests in flight then are the slowest
- * 1% of the second (the keys bench's p99 moved from 2.47 ms with
- * metering off to 2.78 ms with it on, and twice that at a fixed rate).
- * So after each slice the thread sleeps FLUSH_REST times as long as the
- * slice took, and only yields once the flush has lasted FLUSH_BUDGET of
- * the interval: a large flush must still finish within its interval, or
- * usage would fall behind.
+/* Each flush appends one usage journal entry: a single INSERT of the
+ * flush's rows, encoded (~0.5M instructions for 1,000 rows). Adding the
+ * same rows to the ledger one by one took ~26M (~26,000 a row), and that
+ * SQLite work, not its CPU share nor its I/O, was what slowed the
+ * requests that ran next to it: requests slower than 300 us crowded into
+ * such a flush's ~30 ms 3-21 times as densely as into the rest of the
+ * second (open loop, 28,000 req/s; also with the thread at SCHED_IDLE;
+ * not when the flush skipped SQLite). bench/README.md, fifth and sixth
+ * sessions.
  *
- * The transaction holds the store's write lock for the whole flush, so
- * spreading it trades the workers' latency for every other writer's
- * (admin API, portal). Requests slower than 300 us crowd into a flush's
- * ~30 ms, 3-21 times as densely as in the rest of the second (open loop,
- * 28,000 req/s; also with the thread at SCHED_IDLE, and not when the
- * flush skips SQLite: it is the SQLite work, not the CPU share). Spread
- * over ~150-250 ms (FLUSH_REST 30) that excess fell by 59% over 9 paired
- * runs, but a concurrent store write's p99 rose from 34-54 ms to
- * 230-330 ms; so the spread stays short (bench/README.md, fifth
- * session). The real lever is fewer rows written per second. */
+ * The fold, once a metering_fold_interval, still does that work for the
+ * rows the journal sums up (one ledger row per key and minute, not per
+ * key and second), so it runs in slices of FLUSH_SLICE rows with pauses
+ * between them: the metering thread usually shares its core with a busy
+ * worker. After each slice the thread sleeps FLUSH_REST times as long as
+ * the slice took, and only yields once the fold has lasted FLUSH_BUDGET
+ * of the flush interval. The fold is one transaction holding the store's
+ * write lock, so spreading it further trades the workers' latency for
+ * every other writer's (admin API, portal): FLUSH_REST 30 put a
+ * concurrent store write's p99 at 230-330 ms instead of 34-54 ms. */
 #define FLUSH_SLICE      8 /* rows written between two pauses */
 #define FLUSH_REST       3 /* sleep this many times the slice's own time */
 #define FLUSH_BUDGET     4 /* sleep only in the first 1/FLUSH_BUDGET of the interval */
 #define FLUSH_NAP_MAX_US 1000
+
+#define FOLD_RETRY_US 1000000 /* a failed fold is tried again after this */
 
 typedef struct row_ids {
   char api[GW_POL_ID_LEN + 1];
@@ -281,8 +283,8 @@ static void give_way(void) {
   pace.slice_us = tg_mono_us();
 }
 
-/* Write pending rows in one transaction, paced (give_way) while workers
- * run. true: written (or nothing to). */
+/* Write pending rows as one journal entry (then keys' last_used_day,
+ * paced by give_way while workers run). true: written (or nothing to). */
 static bool flush(bool paced) {
   size_t n = m.pending->n;
   if (n == 0)
@@ -328,9 +330,9 @@ static bool flush(bool paced) {
   }
   tg_problem_t p;
   tg_problem_clear(&p);
-  /* one transaction (all or nothing), written in paced slices */
+  /* one journal entry: all or nothing */
   pace_start(paced);
-  int rc = tg_store_usage_add_paced(m.store, rows, r, FLUSH_SLICE, give_way, &p);
+  int rc = tg_store_usage_journal(m.store, rows, r, tg_now_ms() / 1000, &p);
   if (rc == TG_OK) {
     /* keys' last_used_day: written once per key and day, in a transaction
      * of their own (bookkeeping, not a change of the key; a failure here
@@ -393,6 +395,31 @@ static bool flush(bool paced) {
   return true;
 }
 
+/* Fold the usage journal into the ledger, paced while workers run.
+ * true: folded (or nothing to). */
+static bool fold(bool paced) {
+  tg_problem_t p;
+  tg_problem_clear(&p);
+  tg_usage_fold_stats_t fs = {0, 0};
+  pace_start(paced);
+  int rc = tg_store_usage_fold(m.store, FLUSH_SLICE, give_way, &fs, &p);
+  pthread_mutex_lock(&m.lock);
+  if (rc == TG_OK) {
+    m.stats.folds++;
+    m.stats.rows_folded += (uint64_t)fs.rows;
+  } else {
+    m.stats.fold_failures++;
+  }
+  pthread_mutex_unlock(&m.lock);
+  if (rc != TG_OK && !m.fold_failing)
+    tg_log(TG_LOG_WARN, "usage journal fold failed; retrying (reports fold it too)", "error",
+           p.detail, NULL);
+  else if (rc == TG_OK && m.fold_failing)
+    tg_log(TG_LOG_INFO, "usage journal fold recovered", NULL);
+  m.fold_failing = rc != TG_OK;
+  return rc == TG_OK;
+}
+
 static void ask_workers(void) {
   gw_server_t *srv = m.srv;
   for (int i = 0; i < srv->nworkers; i++)
@@ -404,12 +431,13 @@ static void *meter_main(void *arg) {
   (void)arg;
   gw_thread_role("tg-meter", true);
   int64_t interval = tg_config_int(m.srv->cfg, "metering_interval");
+  int64_t fold_every_us = tg_config_int(m.srv->cfg, "metering_fold_interval") * 1000;
   /* Flushes start every interval, not an interval after the last one
    * ended: a paced flush lasts up to a quarter of the interval, and the
    * counters must not wait longer than one interval for the next. The
    * beat runs on CLOCK_MONOTONIC (m.cond waits on it, gw_meter_start):
    * on the wall clock, a step back would stop the flushes for as long. */
-  int64_t due_us = tg_mono_us();
+  int64_t due_us = tg_mono_us(), fold_due_us = due_us + fold_every_us;
   pthread_mutex_lock(&m.lock);
   while (!m.stop) {
     due_us += interval * 1000;
@@ -423,6 +451,8 @@ static void *meter_main(void *arg) {
     pthread_mutex_unlock(&m.lock);
     collect(false);
     flush(true);
+    if (tg_mono_us() >= fold_due_us)
+      fold_due_us = tg_mono_us() + (fold(true) ? fold_every_us : FOLD_RETRY_US);
     pthread_mutex_lock(&m.lock);
     m.stats.pending = m.pending->n;
     pthread_mutex_unlock(&m.lock);
@@ -483,10 +513,20 @@ void gw_meter_stop(gw_server_t *srv) {
   m.running = false;
   /* the workers have exited: everything they counted is ours now */
   collect(true);
-  for (int attempt = 0; attempt < 50 && !flush(false); attempt++) {
-    struct timespec ts = {0, 100000000};
-    nanosleep(&ts, NULL);
+  bool flushed = false, folded = false;
+  for (int attempt = 0; attempt < 50 && !(flushed && folded); attempt++) {
+    if (attempt) {
+      struct timespec ts = {0, 100000000};
+      nanosleep(&ts, NULL);
+    }
+    if (!flushed)
+      flushed = flush(false);
+    if (flushed)
+      folded = fold(false);
   }
+  if (!folded)
+    tg_log(TG_LOG_ERROR, "usage journal not folded at stop: the next reader of the ledger folds it",
+           NULL);
   if (m.pending->n) {
     char nb[24];
     snprintf(nb, sizeof(nb), "%zu", m.pending->n);

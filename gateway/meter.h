@@ -7,15 +7,20 @@
  * Once per metering_interval the metering thread asks every worker for
  * its table (the worker hands it over at the top of its next loop turn
  * and carries on with an empty one), merges them into its pending rows
- * and writes those to the usage ledger in one transaction, paced so
- * that it never holds a worker's core for long (tg_store_usage_add_paced;
- * meter.c says how). If the store cannot be written (locked, gone),
- * the rows stay pending and the next turn tries again; pending rows are
- * bounded (metering_max_pending: the oldest minute is dropped, logged).
+ * and appends those to the usage journal as one entry
+ * (tg_store_usage_journal: one INSERT, ~40x less SQLite work than adding
+ * each row to the ledger). Once per metering_fold_interval it folds the
+ * journal into the ledger (tg_store_usage_fold), paced so that it never
+ * holds a worker's core for long (meter.c says how); every reader of the
+ * ledger folds first, so usage is as fresh for them as the last flush.
+ * If the store cannot be written (locked, gone), the rows stay pending
+ * and the next turn tries again; pending rows are bounded
+ * (metering_max_pending: the oldest minute is dropped, logged).
  *
  * Stop: after the workers have drained and exited, gw_meter_stop takes
- * what they still hold and flushes it, so after SIGTERM the ledger holds
- * exactly the requests served. A SIGKILL loses at most one interval.
+ * what they still hold, flushes it and folds the journal, so after
+ * SIGTERM the ledger holds exactly the requests served. A SIGKILL loses
+ * at most one interval: what was journaled is folded by the next reader.
  */
 #ifndef GW_METER_H
 #define GW_METER_H
@@ -90,6 +95,7 @@ void gw_meter_stop(struct gw_server *srv);
 /* For /metrics. */
 typedef struct gw_meter_stats {
   uint64_t flushes, flush_failures, rows_written, rows_dropped;
+  uint64_t folds, fold_failures, rows_folded;
   uint64_t pending;
   int64_t last_flush_ms; /* wall clock of the last successful flush, 0: none */
 } gw_meter_stats_t;

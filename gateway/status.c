@@ -92,17 +92,25 @@ static size_t render_metrics(gw_server_t *srv, char *out, size_t cap) {
       "# HELP tollgate_usage_flush_failures_total Usage flushes that failed (rows kept, retried).\n"
       "# TYPE tollgate_usage_flush_failures_total counter\n"
       "tollgate_usage_flush_failures_total %llu\n"
-      "# HELP tollgate_usage_rows_written_total Usage rows added to the ledger.\n"
+      "# HELP tollgate_usage_rows_written_total Usage rows written to the usage journal.\n"
       "# TYPE tollgate_usage_rows_written_total counter\ntollgate_usage_rows_written_total %llu\n"
       "# HELP tollgate_usage_rows_dropped_total Usage rows dropped after a long store outage.\n"
       "# TYPE tollgate_usage_rows_dropped_total counter\ntollgate_usage_rows_dropped_total %llu\n"
       "# HELP tollgate_usage_pending_rows Usage rows waiting to be written.\n"
       "# TYPE tollgate_usage_pending_rows gauge\ntollgate_usage_pending_rows %llu\n"
       "# HELP tollgate_usage_flush_lag_seconds Time since the last successful usage flush.\n"
-      "# TYPE tollgate_usage_flush_lag_seconds gauge\ntollgate_usage_flush_lag_seconds %.3f\n",
+      "# TYPE tollgate_usage_flush_lag_seconds gauge\ntollgate_usage_flush_lag_seconds %.3f\n"
+      "# HELP tollgate_usage_folds_total Usage journal folds into the ledger.\n"
+      "# TYPE tollgate_usage_folds_total counter\ntollgate_usage_folds_total %llu\n"
+      "# HELP tollgate_usage_fold_failures_total Usage journal folds that failed (retried).\n"
+      "# TYPE tollgate_usage_fold_failures_total counter\n"
+      "tollgate_usage_fold_failures_total %llu\n"
+      "# HELP tollgate_usage_folded_rows_total Ledger rows written by usage journal folds.\n"
+      "# TYPE tollgate_usage_folded_rows_total counter\ntollgate_usage_folded_rows_total %llu\n",
       (unsigned long long)ms.flushes, (unsigned long long)ms.flush_failures,
       (unsigned long long)ms.rows_written, (unsigned long long)ms.rows_dropped,
-      (unsigned long long)ms.pending, lag);
+      (unsigned long long)ms.pending, lag, (unsigned long long)ms.folds,
+      (unsigned long long)ms.fold_failures, (unsigned long long)ms.rows_folded);
 #undef OUT
   return n + gw_health_metrics(out + n, cap - n);
 }

@@ -786,6 +786,278 @@ TG_TEST(usage_report_groups_and_filters) {
   EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_EINVAL, "bucket");
 }
 
+/* ---- the usage journal ---------------------------------------------------------- */
+
+/* Every ledger row, in primary-key order, as one malloc'd string. */
+static char *dump_ledger(void) {
+  sqlite3_stmt *q = NULL;
+  size_t cap = 4096, len = 0;
+  char *out = calloc(1, cap);
+  if (!out || sqlite3_prepare_v2(RAW,
+                                 "SELECT granularity, period_start, key_id, app_id, developer_id, "
+                                 "api_id, plan_id, subscription_id, status_class, reason, calls, "
+                                 "bytes_in, bytes_out, latency_us_sum, h00, h01, h02, h03, h04, "
+                                 "h05, h06, h07, h08, h09, h10, h11, h12, h13, h14 "
+                                 "FROM usage_rollups ORDER BY granularity, period_start, key_id, "
+                                 "api_id, plan_id, status_class, reason",
+                                 -1, &q, NULL) != SQLITE_OK)
+    abort();
+  while (sqlite3_step(q) == SQLITE_ROW) {
+    for (int i = 0; i < sqlite3_column_count(q); i++) {
+      const char *v = (const char *)sqlite3_column_text(q, i);
+      size_t n = strlen(v ? v : "") + 2;
+      if (len + n + 1 > cap) {
+        cap = (len + n + 1) * 2;
+        if (!(out = realloc(out, cap)))
+          abort();
+      }
+      len += (size_t)snprintf(out + len, cap - len, "%s%c", v ? v : "", i + 1 < 29 ? '|' : '\n');
+    }
+  }
+  sqlite3_finalize(q);
+  return out;
+}
+
+static int64_t journal_entries(void) {
+  sqlite3_stmt *q = NULL;
+  int64_t n = -1;
+  if (sqlite3_prepare_v2(RAW, "SELECT count(*) FROM usage_journal", -1, &q, NULL) == SQLITE_OK &&
+      sqlite3_step(q) == SQLITE_ROW)
+    n = sqlite3_column_int64(q, 0);
+  sqlite3_finalize(q);
+  return n;
+}
+
+/* Three flushes as the gateway would write them: rows that add onto each
+ * other within and across flushes (a new subscription, a different app
+ * given later), several primary keys, a refusal, and a minute late for
+ * an hour and a day already compacted. */
+#define NB1 4
+#define NB2 3
+#define NB3 2
+static void journal_batches(tg_usage_row_t b1[NB1], tg_usage_row_t b2[NB2],
+                            tg_usage_row_t b3[NB3]) {
+  b1[0] = urow("key_A", "sub_A", 2, "", 3);
+  b1[1] = urow("key_A", "sub_A", 0, "rate_limited", 4);
+  b1[2] = urow("key_B", "sub_B", 5, "", 1);
+  b1[3] = urow("key_A", "sub_A", 2, "", 2); /* the same row twice in one flush */
+  b2[0] = urow("key_A", "sub_C", 2, "", 5); /* a new subscription: the newest wins */
+  b2[0].app_id = "app_09";                  /* the first app stays */
+  b2[0].h[3] = 0;
+  b2[0].h[0] = 2;
+  b2[0].h[14] = 3;
+  b2[1] = urow("key_B", "sub_B", 5, "", 7);
+  b2[1].period_start = MIN0 + 60;
+  b2[2] = urow("key_C", "sub_A", 4, "", 2);
+  b2[2].period_start = DAY0 + 3600 * 7 + 120; /* late: hour and day compacted */
+  b3[0] = urow("key_A", "sub_D", 2, "", 1);
+  b3[1] = urow("key_C", "sub_A", 4, "", 9);
+  b3[1].period_start = DAY0 + 3600 * 7 + 180;
+}
+
+TG_TEST(usage_journal_folds_into_what_usage_add_gives) {
+  tg_problem_t p = {0};
+  tg_usage_row_t b1[NB1], b2[NB2], b3[NB3];
+  journal_batches(b1, b2, b3);
+  tg_usage_retention_t keep = {0, 0};
+  /* added directly */
+  fresh();
+  seed_two_days();
+  compact_all(DAY0 + 3 * 86400, keep);
+  EXPECT_RC(tg_store_usage_add(S, b1, NB1, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_add(S, b2, NB2, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_add(S, b3, NB3, &p), TG_OK, "");
+  char *want = dump_ledger();
+  /* journaled, then folded */
+  fresh();
+  seed_two_days();
+  compact_all(DAY0 + 3 * 86400, keep);
+  char *before = dump_ledger();
+  EXPECT_RC(tg_store_usage_journal(S, b1, NB1, MIN0, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_journal(S, b2, NB2, MIN0 + 1, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_journal(S, b3, NB3, MIN0 + 2, &p), TG_OK, "");
+  ASSERT_INT_EQ(journal_entries(), 3);
+  char *mid = dump_ledger();
+  int unchanged = strcmp(mid, before) == 0;
+  tg_usage_fold_stats_t st = {0, 0};
+  tg_problem_clear(&p);
+  int rc = tg_store_usage_fold(S, 0, NULL, &st, &p);
+  char *got = dump_ledger();
+  int same = strcmp(got, want) == 0;
+  if (!same)
+    fprintf(stderr, "want:\n%s\ngot:\n%s\n", want, got);
+  free(want);
+  free(before);
+  free(mid);
+  free(got);
+  ASSERT(unchanged); /* the journal alone does not touch the ledger */
+  ASSERT_INT_EQ(rc, TG_OK);
+  ASSERT(same);
+  ASSERT_INT_EQ(st.entries, 3);
+  ASSERT_INT_EQ(st.rows, 6); /* A 2xx, A refused, B, B +1 min, C late, C late +1 min */
+  ASSERT_INT_EQ(journal_entries(), 0);
+  /* nothing left: a second fold is a no-op */
+  st = (tg_usage_fold_stats_t){0, 0};
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, &st, &p), TG_OK, "");
+  ASSERT_INT_EQ(st.entries, 0);
+}
+
+TG_TEST(usage_journal_counts_in_reports_quotas_and_compaction_at_once) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_usage_row_t b1[NB1], b2[NB2], b3[NB3];
+  journal_batches(b1, b2, b3);
+  EXPECT_RC(tg_store_usage_journal(S, b1, NB1, MIN0, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_journal(S, b2, NB2, MIN0, &p), TG_OK, "");
+  ASSERT_INT_EQ(ledger_rows(), 0);
+  /* quotas: a report, which folds first */
+  totals_t t;
+  memset(&t, 0, sizeof(t));
+  EXPECT_RC(tg_store_usage_calls_since(S, MIN0, collect_total, &t, &p), TG_OK, "");
+  ASSERT_INT_EQ(journal_entries(), 0);
+  int64_t sub_a = 0, sub_b = 0, sub_c = 0;
+  for (int i = 0; i < t.n; i++) {
+    sub_a += strcmp(t.sub[i], "sub_A") == 0 ? t.calls[i] : 0;
+    sub_b += strcmp(t.sub[i], "sub_B") == 0 ? t.calls[i] : 0;
+    sub_c += strcmp(t.sub[i], "sub_C") == 0 ? t.calls[i] : 0;
+  }
+  ASSERT_INT_EQ(sub_a, 0); /* key_A's 2xx row now carries sub_C; its refusals never count */
+  ASSERT_INT_EQ(sub_c, 3 + 2 + 5);
+  ASSERT_INT_EQ(sub_b, 1 + 7);
+  /* compaction folds first too */
+  EXPECT_RC(tg_store_usage_journal(S, b3, NB3, MIN0, &p), TG_OK, "");
+  tg_usage_retention_t keep = {0, 0};
+  compact_all(DAY0 + 3 * 86400, keep);
+  ASSERT_INT_EQ(journal_entries(), 0);
+  stored_t got;
+  ASSERT(read_row(&b3[0], &got));
+  ASSERT_INT_EQ(got.ints[0], 3 + 2 + 5 + 1);
+  ASSERT_STR_EQ(got.texts[2], "sub_D");
+}
+
+TG_TEST(usage_journal_refuses_bad_rows_and_writes_nothing) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_usage_row_t rows[2] = {urow("key_A", "sub_A", 2, "", 3), urow("key_A", "sub_A", 2, "x", 3)};
+  EXPECT_RC(tg_store_usage_journal(S, rows, 2, MIN0, &p), TG_EINVAL, "rows[1].reason");
+  rows[1] = urow("key_A", "sub_A", 2, "", 3);
+  rows[1].h[0] = 1;
+  EXPECT_RC(tg_store_usage_journal(S, rows, 2, MIN0, &p), TG_EINVAL, "rows[1].h");
+  EXPECT_RC(tg_store_usage_journal(S, rows, 1, -1, &p), TG_EINVAL, "now");
+  EXPECT_RC(tg_store_usage_journal(S, NULL, 2, MIN0, &p), TG_EINVAL, "rows");
+  EXPECT_RC(tg_store_usage_journal(S, rows, 0, MIN0, &p), TG_OK, "");
+  ASSERT_INT_EQ(journal_entries(), 0);
+}
+
+TG_TEST(usage_fold_stops_at_a_damaged_entry_and_changes_nothing) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_usage_row_t b1[NB1], b2[NB2], b3[NB3];
+  journal_batches(b1, b2, b3);
+  EXPECT_RC(tg_store_usage_journal(S, b1, NB1, MIN0, &p), TG_OK, "");
+  sqlite3 *w = NULL;
+  ASSERT_INT_EQ(sqlite3_open(FX.path, &w), SQLITE_OK);
+  /* a body that says 5 rows and holds none of them */
+  ASSERT_INT_EQ(sqlite3_exec(w,
+                             "INSERT INTO usage_journal (id, written_at, nrows, body) "
+                             "VALUES (7, 1, 5, X'54474A3105000000000000000000000000000000000000"
+                             "00000000000000000000000000000000000000000000000000000000000000"
+                             "00000000000000000000000000000000000000000000000000000000000000"
+                             "00000000000000000000000000000000000000000000000000000000000000')",
+                             NULL, NULL, NULL),
+                SQLITE_OK);
+  EXPECT_RC(tg_store_usage_journal(S, b2, NB2, MIN0, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, NULL, &p), TG_ESTORE, "usage");
+  ASSERT(strstr(p.detail, "entry 7 is damaged") != NULL);
+  ASSERT_INT_EQ(ledger_rows(), 0); /* not even the good entry before it */
+  ASSERT_INT_EQ(journal_entries(), 3);
+  /* reports say so rather than leave the entries out */
+  tg_usage_query_t q = {.from = MIN0 - 60, .to = MIN0 + 120, .bucket = 60, .status_class = -1};
+  tg_usage_cursor_t *cur = NULL;
+  EXPECT_RC(tg_store_usage_open(S, &q, &cur, &p), TG_ESTORE, "usage");
+  ASSERT(cur == NULL);
+  /* the operator removes it: the rest folds */
+  ASSERT_INT_EQ(sqlite3_exec(w, "DELETE FROM usage_journal WHERE id = 7", NULL, NULL, NULL),
+                SQLITE_OK);
+  sqlite3_close(w);
+  tg_usage_fold_stats_t st = {0, 0};
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, &st, &p), TG_OK, "");
+  ASSERT_INT_EQ(st.entries, 2);
+  ASSERT_INT_EQ(journal_entries(), 0);
+  stored_t got;
+  ASSERT(read_row(&b1[0], &got));
+  ASSERT_INT_EQ(got.ints[0], 3 + 2 + 5);
+}
+
+TG_TEST(usage_fold_on_a_locked_store_is_busy_and_keeps_the_journal) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_store_options_t opt = {.path = FX.path, .busy_timeout_ms = 50, .mode = TG_STORE_OPEN_CURRENT};
+  EXPECT_RC(tg_store_open(&opt, &S2, NULL, NULL, &p), TG_OK, "");
+  tg_usage_row_t rows[2] = {urow("key_A", "sub_A", 2, "", 3), urow("key_B", "sub_A", 4, "", 2)};
+  EXPECT_RC(tg_store_usage_journal(S2, rows, 2, MIN0, &p), TG_OK, "");
+  EXPECT_RC(tg_store_begin(S, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_journal(S2, rows, 2, MIN0, &p), TG_EBUSY, "");
+  EXPECT_RC(tg_store_usage_fold(S2, 0, NULL, NULL, &p), TG_EBUSY, "");
+  tg_store_rollback(S);
+  ASSERT_INT_EQ(journal_entries(), 1);
+  ASSERT_INT_EQ(ledger_rows(), 0);
+  EXPECT_RC(tg_store_usage_fold(S2, 0, NULL, NULL, &p), TG_OK, "");
+  stored_t got;
+  ASSERT(read_row(&rows[1], &got));
+  assert_stored(&got, &rows[1]);
+}
+
+TG_TEST(usage_fold_runs_in_batches_paced_like_usage_add) {
+  fresh();
+  tg_problem_t p = {0};
+  /* more entries than one fold transaction takes (FOLD_MAX_ENTRIES) */
+  static char keys[20][8];
+  tg_usage_row_t rows[20];
+  for (int i = 0; i < 20; i++) {
+    snprintf(keys[i], sizeof(keys[i]), "key_%02d", i);
+    rows[i] = urow(keys[i], "sub_A", 2, "", 1);
+  }
+  EXPECT_RC(tg_store_begin(S, &p), TG_OK, "");
+  for (int e = 0; e < 1205; e++)
+    EXPECT_RC(tg_store_usage_journal(S, &rows[e % 20], 1, MIN0, &p), TG_OK, "");
+  EXPECT_RC(tg_store_commit(S, &p), TG_OK, "");
+  pauses = 0;
+  tg_usage_fold_stats_t st = {0, 0};
+  EXPECT_RC(tg_store_usage_fold(S, 4, count_pause, &st, &p), TG_OK, "");
+  ASSERT_INT_EQ(st.entries, 1205);
+  ASSERT_INT_EQ(st.rows, 20 + 20); /* 20 keys in each of two batches */
+  ASSERT_INT_EQ(pauses, 4 + 4);    /* after 4, 8, 12, 16 rows of each batch's 20 */
+  ASSERT_INT_EQ(journal_entries(), 0);
+  stored_t got;
+  ASSERT(read_row(&rows[4], &got));
+  ASSERT_INT_EQ(got.ints[0], 61); /* entries 4, 24, ... 1204 */
+  ASSERT(read_row(&rows[5], &got));
+  ASSERT_INT_EQ(got.ints[0], 60);
+}
+
+TG_TEST(usage_journal_read_only_store_reports_only_when_folded) {
+  fresh();
+  tg_problem_t p = {0};
+  tg_store_options_t opt = {.path = FX.path, .busy_timeout_ms = 50, .mode = TG_STORE_OPEN_READONLY};
+  EXPECT_RC(tg_store_open(&opt, &S2, NULL, NULL, &p), TG_OK, "");
+  tg_usage_query_t q = {.from = MIN0, .to = MIN0 + 60, .bucket = 60, .status_class = -1};
+  sums_t x;
+  tg_usage_cursor_t *cur = NULL;
+  EXPECT_RC(tg_store_usage_open(S2, &q, &cur, &p), TG_OK, ""); /* nothing waiting */
+  tg_store_usage_close(cur);
+  tg_usage_row_t row = urow("key_A", "sub_A", 2, "", 3);
+  EXPECT_RC(tg_store_usage_journal(S, &row, 1, MIN0, &p), TG_OK, "");
+  cur = NULL;
+  EXPECT_RC(tg_store_usage_open(S2, &q, &cur, &p), TG_ESTORE, "usage");
+  ASSERT(cur == NULL);
+  ASSERT(strstr(p.detail, "read-only") != NULL);
+  ASSERT_INT_EQ(report(q, &x), 0); /* S folds */
+  ASSERT_INT_EQ(x.calls, 3);
+  EXPECT_RC(tg_store_usage_open(S2, &q, &cur, &p), TG_OK, "");
+  tg_store_usage_close(cur);
+}
+
 int main(int argc, char **argv) {
   int rc = tg_test_main(argc, argv);
   teardown();
