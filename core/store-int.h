@@ -54,6 +54,11 @@ typedef struct tg_store_vtab {
                        tg_problem_t *p);
   int (*usage_fold)(tg_store_t *s, size_t every, void (*pause)(void), tg_usage_fold_stats_t *st,
                     tg_problem_t *p);
+  int (*usage_fold_start)(tg_store_t *s, size_t every, void (*pause)(void), tg_usage_fold_t **out,
+                          tg_problem_t *p);
+  int (*usage_fold_step)(tg_usage_fold_t *f, size_t max_rows, tg_usage_fold_stats_t *st,
+                         tg_problem_t *p);
+  void (*usage_fold_end)(tg_usage_fold_t *f);
   int (*usage_open)(tg_store_t *s, const tg_usage_query_t *q, tg_usage_cursor_t **out,
                     tg_problem_t *p);
   int (*usage_next)(tg_usage_cursor_t *cur, tg_usage_total_t *row, tg_problem_t *p);

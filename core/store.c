@@ -361,6 +361,24 @@ int tg_store_usage_fold(tg_store_t *s, size_t every, void (*pause)(void), tg_usa
   return s->vt->usage_fold(s, pause ? every : 0, pause, st, p);
 }
 
+int tg_store_usage_fold_start(tg_store_t *s, size_t every, void (*pause)(void),
+                              tg_usage_fold_t **out, tg_problem_t *p) {
+  *out = NULL;
+  return s->vt->usage_fold_start(s, pause ? every : 0, pause, out, p);
+}
+
+int tg_store_usage_fold_step(tg_store_t *s, tg_usage_fold_t *f, size_t max_rows,
+                             tg_usage_fold_stats_t *st, tg_problem_t *p) {
+  if (!f || max_rows == 0)
+    return tg_problem_set(p, TG_EINVAL, "fold", "no fold, or no rows a step");
+  return s->vt->usage_fold_step(f, max_rows, st, p);
+}
+
+void tg_store_usage_fold_end(tg_store_t *s, tg_usage_fold_t *f) {
+  if (f)
+    s->vt->usage_fold_end(f);
+}
+
 const char *const tg_usage_reasons[TG_USAGE_REASONS] = {
     "missing_key",  "invalid_key",    "auth_throttled", "not_subscribed", "suspended",
     "rate_limited", "quota_exceeded", "no_route",       "bad_request",

@@ -288,6 +288,31 @@ int tg_store_usage_fold(tg_store_t *s, size_t every, void (*pause)(void), tg_usa
                         tg_problem_t *p);
 
 /*
+ * A fold in steps, for the gateway: its SQLite work comes in short
+ * slices that neither hold the store's write lock for long nor the core
+ * a worker shares. tg_store_usage_fold_start reads and sums a batch of
+ * the journal without the write lock (pause(), may be NULL, between
+ * entries, and in each step after every `every` rows: 0, never); *out
+ * is NULL when there is nothing to fold. Each
+ * tg_store_usage_fold_step writes the next max_rows ledger rows in a
+ * write transaction of its own, and the last one deletes the folded
+ * entries: 1 when steps remain, 0 when the fold is done, <0 on error
+ * (TG_ECONFLICT: another connection folded these entries meanwhile;
+ * stop). Between steps the ledger holds part of the batch and the
+ * journal all of it; a mark in meta (usage.fold) says how far the steps
+ * went, and any other fold (every reader's) finishes the batch first,
+ * also after a crash: nothing counts twice or goes missing. A fold
+ * belongs to its store and connection; end it (NULL is a no-op) before
+ * closing the store.
+ */
+typedef struct tg_usage_fold tg_usage_fold_t;
+int tg_store_usage_fold_start(tg_store_t *s, size_t every, void (*pause)(void),
+                              tg_usage_fold_t **out, tg_problem_t *p);
+int tg_store_usage_fold_step(tg_store_t *s, tg_usage_fold_t *f, size_t max_rows,
+                             tg_usage_fold_stats_t *st, tg_problem_t *p);
+void tg_store_usage_fold_end(tg_store_t *s, tg_usage_fold_t *f);
+
+/*
  * Calls that count against quotas since `since` (unix seconds, inclusive),
  * per subscription: every row with status_class 1..5 (requests the
  * gateway let through) and a non-empty subscription_id. cb gets each

@@ -1318,39 +1318,44 @@ static int s_usage_journal(tg_store_t *s, const tg_usage_row_t *rows, size_t n, 
 #define FOLD_MAX_ENTRIES 1000
 #define FOLD_MAX_BYTES   ((size_t)64 << 20)
 
-typedef struct fold_row {
-  tg_usage_row_t r;
-  size_t seq; /* journal order, for a stable sort */
-} fold_row_t;
+/* A stepped fold's progress (tg_store_usage_fold_step): "L K" while the
+ * entries up to id L are being folded and the first K of their rows are
+ * in the ledger; "" (or no row) otherwise. */
+#define FOLD_MARK "usage.fold"
 
+/* The rows of a batch of journal entries, summed per ledger primary key as
+ * they are decoded (a hash table over v), then put in primary key order:
+ * whoever folds the same entries gets the same rows in the same order,
+ * which is what lets another connection finish a stepped fold. */
 typedef struct fold {
-  fold_row_t *v;
+  tg_usage_row_t *v; /* summed rows, in first-seen order */
   size_t n, cap;
+  size_t *slot; /* hash slots: index + 1 into v, 0: empty */
+  size_t nslot;
+  size_t *order;          /* v's indices in primary key order (fold_sort) */
   unsigned char **bodies; /* copies the rows' strings point into */
   size_t nbodies, capbodies;
+  bool overflow;
+  int64_t last_id, entries; /* the batch: entries up to last_id */
+  bool more;                /* entries were left after the batch */
 } fold_t;
 
-static int fold_collect(const tg_usage_row_t *row, void *ctx) {
-  fold_t *f = ctx;
-  if (f->n == f->cap) {
-    size_t cap = f->cap ? f->cap * 2 : 1024;
-    fold_row_t *v = realloc(f->v, cap * sizeof(*v));
-    if (!v)
-      return TG_ENOMEM;
-    f->v = v;
-    f->cap = cap;
-  }
-  f->v[f->n].r = *row;
-  f->v[f->n].seq = f->n;
-  f->n++;
-  return TG_OK;
+static uint64_t fnv(uint64_t h, const void *data, size_t len) {
+  const unsigned char *c = data;
+  for (size_t i = 0; i < len; i++)
+    h = (h ^ c[i]) * 1099511628211ull;
+  return h;
 }
 
-static void fold_free(fold_t *f) {
-  for (size_t i = 0; i < f->nbodies; i++)
-    free(f->bodies[i]);
-  free(f->bodies);
-  free(f->v);
+static uint64_t pk_hash(const tg_usage_row_t *r) {
+  uint64_t h = 14695981039346656037ull;
+  h = fnv(h, &r->granularity, sizeof(r->granularity));
+  h = fnv(h, &r->period_start, sizeof(r->period_start));
+  h = fnv(h, &r->status_class, sizeof(r->status_class));
+  const char *s[] = {r->key_id, r->api_id, r->plan_id, r->reason};
+  for (size_t k = 0; k < sizeof(s) / sizeof(s[0]); k++)
+    h = fnv(h, s[k], strlen(s[k]) + 1);
+  return h;
 }
 
 /* Ledger primary key order. */
@@ -1368,56 +1373,122 @@ static int pk_cmp(const tg_usage_row_t *x, const tg_usage_row_t *y) {
   return strcmp(x->reason, y->reason);
 }
 
-/* Primary key order, then journal order. */
-static int fold_cmp(const void *a, const void *b) {
-  const fold_row_t *x = a, *y = b;
-  int c = pk_cmp(&x->r, &y->r);
-  return c ? c : x->seq < y->seq ? -1 : x->seq > y->seq;
+static bool fold_grow(fold_t *f) {
+  size_t nslot = f->nslot ? f->nslot * 2 : 1024;
+  size_t *slot = calloc(nslot, sizeof(*slot));
+  if (!slot)
+    return false;
+  for (size_t i = 0; i < f->n; i++) {
+    size_t j = pk_hash(&f->v[i]) & (nslot - 1);
+    while (slot[j])
+      j = (j + 1) & (nslot - 1);
+    slot[j] = i + 1;
+  }
+  free(f->slot);
+  f->slot = slot;
+  f->nslot = nslot;
+  return true;
 }
 
-/* Sum rows with the same primary key into the first of them, as adding
- * them one by one would: counters add up, subscription_id is the last
- * one's, app_id and developer_id the first's. The result is v[0..*n). */
-static int fold_merge(fold_t *f, size_t *n, tg_problem_t *p) {
-  qsort(f->v, f->n, sizeof(*f->v), fold_cmp);
-  size_t out = 0;
-  for (size_t i = 0; i < f->n; i++) {
-    fold_row_t *last = out ? &f->v[out - 1] : NULL;
-    const tg_usage_row_t *r = &f->v[i].r;
-    if (!last || pk_cmp(&last->r, r) != 0) {
-      f->v[out++] = f->v[i];
+/* Add a decoded row as tg_store_usage_add would: counters add up,
+ * subscription_id is the newest, app_id and developer_id the first. */
+static int fold_collect(const tg_usage_row_t *row, void *ctx) {
+  fold_t *f = ctx;
+  if ((f->n + 1) * 2 > f->nslot && !fold_grow(f))
+    return TG_ENOMEM;
+  size_t j = pk_hash(row) & (f->nslot - 1);
+  for (; f->slot[j]; j = (j + 1) & (f->nslot - 1)) {
+    tg_usage_row_t *d = &f->v[f->slot[j] - 1];
+    if (pk_cmp(d, row) != 0)
       continue;
-    }
-    tg_usage_row_t *d = &last->r;
-    bool over = __builtin_add_overflow(d->calls, r->calls, &d->calls) ||
-                __builtin_add_overflow(d->bytes_in, r->bytes_in, &d->bytes_in) ||
-                __builtin_add_overflow(d->bytes_out, r->bytes_out, &d->bytes_out) ||
-                __builtin_add_overflow(d->latency_us_sum, r->latency_us_sum, &d->latency_us_sum);
+    bool over = __builtin_add_overflow(d->calls, row->calls, &d->calls) ||
+                __builtin_add_overflow(d->bytes_in, row->bytes_in, &d->bytes_in) ||
+                __builtin_add_overflow(d->bytes_out, row->bytes_out, &d->bytes_out) ||
+                __builtin_add_overflow(d->latency_us_sum, row->latency_us_sum, &d->latency_us_sum);
     for (int k = 0; k < TG_USAGE_BUCKETS && !over; k++)
-      over = __builtin_add_overflow(d->h[k], r->h[k], &d->h[k]);
-    if (over)
-      return tg_problem_set(p, TG_ESTORE, "usage", "usage journal: a counter overflows");
-    d->subscription_id = r->subscription_id;
+      over = __builtin_add_overflow(d->h[k], row->h[k], &d->h[k]);
+    if (over) {
+      f->overflow = true;
+      return TG_ESTORE;
+    }
+    d->subscription_id = row->subscription_id;
+    return TG_OK;
   }
-  *n = out;
+  if (f->n == f->cap) {
+    size_t cap = f->cap ? f->cap * 2 : 512;
+    tg_usage_row_t *v = realloc(f->v, cap * sizeof(*v));
+    if (!v)
+      return TG_ENOMEM;
+    f->v = v;
+    f->cap = cap;
+  }
+  f->v[f->n] = *row;
+  f->slot[j] = ++f->n;
   return TG_OK;
 }
 
-/* Read up to a batch of journal entries (decoded into f, every body
- * checked), *last_id the newest read; *more when entries were left. */
-static int fold_read(sql_store_t *st, fold_t *f, int64_t *last_id, int64_t *entries, bool *more,
+static void fold_free(fold_t *f) {
+  for (size_t i = 0; i < f->nbodies; i++)
+    free(f->bodies[i]);
+  free(f->bodies);
+  free(f->v);
+  free(f->slot);
+  free(f->order);
+  memset(f, 0, sizeof(*f));
+}
+
+static const tg_usage_row_t *sort_rows; /* fold_sort's qsort context */
+static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int order_cmp(const void *a, const void *b) {
+  return pk_cmp(&sort_rows[*(const size_t *)a], &sort_rows[*(const size_t *)b]);
+}
+
+/* f->order: the summed rows in primary key order (each key is there once). */
+static int fold_sort(fold_t *f, tg_problem_t *p) {
+  if (!(f->order = malloc((f->n ? f->n : 1) * sizeof(*f->order))))
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  for (size_t i = 0; i < f->n; i++)
+    f->order[i] = i;
+  pthread_mutex_lock(&sort_lock);
+  sort_rows = f->v;
+  qsort(f->order, f->n, sizeof(*f->order), order_cmp);
+  pthread_mutex_unlock(&sort_lock);
+  return TG_OK;
+}
+
+/* Write rows [from, to) of a sorted fold. */
+static int fold_write(sql_store_t *st, const fold_t *f, size_t from, size_t to, size_t every,
+                      void (*pause)(void), tg_problem_t *p) {
+  if (to <= from)
+    return TG_OK;
+  tg_usage_row_t *rows = malloc((to - from) * sizeof(*rows));
+  if (!rows)
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  for (size_t i = from; i < to; i++)
+    rows[i - from] = f->v[f->order[i]];
+  int result = usage_write(st, rows, to - from, every, pause, p);
+  free(rows);
+  return result;
+}
+
+/* Read and sum journal entries: those up to id `upto` (all of them), or
+ * with upto < 0 a batch from the oldest (FOLD_MAX_ENTRIES or
+ * FOLD_MAX_BYTES; f->more when entries were left). pause() (may be NULL)
+ * between entries. Every body is checked. */
+static int fold_read(sql_store_t *st, int64_t upto, fold_t *f, void (*pause)(void),
                      tg_problem_t *p) {
   sqlite3_stmt *stmt = NULL;
   int result = TG_OK, rc;
   size_t bytes = 0;
-  *last_id = -1;
-  *entries = 0;
-  *more = false;
-  if (stmt_prepare(st, "SELECT id, body FROM usage_journal ORDER BY id", &stmt) != SQLITE_OK)
+  f->last_id = -1;
+  if (stmt_prepare(st, "SELECT id, body FROM usage_journal WHERE id <= ? ORDER BY id", &stmt) !=
+      SQLITE_OK)
     return sql_error(st, "usage journal", p);
+  sqlite3_bind_int64(stmt, 1, upto < 0 ? INT64_MAX : upto);
   while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-    if (*entries == FOLD_MAX_ENTRIES || bytes > FOLD_MAX_BYTES) {
-      *more = true;
+    if (upto < 0 && (f->entries == FOLD_MAX_ENTRIES || bytes > FOLD_MAX_BYTES)) {
+      f->more = true;
       break;
     }
     int64_t id = sqlite3_column_int64(stmt, 0);
@@ -1450,26 +1521,35 @@ static int fold_read(sql_store_t *st, fold_t *f, int64_t *last_id, int64_t *entr
     }
     if (drc) {
       result = tg_problem_set(p, TG_ESTORE, "usage",
-                              "usage journal entry %lld is damaged (%s); nothing was folded",
+                              f->overflow
+                                  ? "usage journal entry %lld: a counter overflows; nothing was "
+                                    "folded"
+                                  : "usage journal entry %lld is damaged (%s); nothing was folded",
                               (long long)id, q.detail);
       break;
     }
-    *last_id = id;
-    (*entries)++;
+    f->last_id = id;
+    f->entries++;
     bytes += len;
+    if (pause)
+      pause();
   }
   if (!result && rc != SQLITE_ROW && rc != SQLITE_DONE)
     result = sql_error(st, "usage journal", p);
   stmt_release(st, stmt);
+  if (!result && f->entries > 0)
+    result = fold_sort(f, p);
   return result;
 }
 
-/* How many entries the journal holds. */
-static int count_journal(sql_store_t *st, int64_t *n, tg_problem_t *p) {
+/* How many entries the journal holds up to id `upto` (all: INT64_MAX). */
+static int count_journal(sql_store_t *st, int64_t upto, int64_t *n, tg_problem_t *p) {
   sqlite3_stmt *stmt = NULL;
   int result = TG_OK;
-  if (stmt_prepare(st, "SELECT count(*) FROM usage_journal", &stmt) != SQLITE_OK ||
-      sqlite3_step(stmt) != SQLITE_ROW)
+  if (stmt_prepare(st, "SELECT count(*) FROM usage_journal WHERE id <= ?", &stmt) != SQLITE_OK)
+    return sql_error(st, "usage journal", p);
+  sqlite3_bind_int64(stmt, 1, upto);
+  if (sqlite3_step(stmt) != SQLITE_ROW)
     result = sql_error(st, "usage journal", p);
   else
     *n = sqlite3_column_int64(stmt, 0);
@@ -1490,6 +1570,58 @@ static int journal_delete(sql_store_t *st, int64_t last_id, tg_problem_t *p) {
   return result;
 }
 
+/* The stepped fold's mark: *upto -1 when none. */
+static int mark_get(sql_store_t *st, int64_t *upto, int64_t *done, tg_problem_t *p) {
+  char *v = NULL;
+  tg_problem_t q = {0};
+  *upto = -1;
+  *done = 0;
+  int rc = s_meta_get(&st->base, FOLD_MARK, &v, &q);
+  if (rc == TG_ENOTFOUND)
+    return TG_OK;
+  if (rc != TG_OK)
+    return tg_problem_set(p, rc, "usage", "%s", q.detail);
+  long long a, b;
+  char extra;
+  if (v[0] && (sscanf(v, "%lld %lld%c", &a, &b, &extra) != 2 || a < 0 || b < 0))
+    rc = tg_problem_set(p, TG_ESTORE, "usage", "meta %s is damaged: \"%.40s\"", FOLD_MARK, v);
+  else if (v[0])
+    *upto = a, *done = b;
+  free(v);
+  return rc;
+}
+
+static int mark_set(sql_store_t *st, int64_t upto, int64_t done, tg_problem_t *p) {
+  char buf[48] = "";
+  if (upto >= 0)
+    snprintf(buf, sizeof(buf), "%lld %lld", (long long)upto, (long long)done);
+  return s_meta_set(&st->base, FOLD_MARK, buf, p);
+}
+
+/* Finish a stepped fold another connection left half-way (the mark), inside
+ * the caller's write transaction. *entries, *rows: what it folded. */
+static int fold_finish_marked(sql_store_t *st, int64_t *entries, int64_t *rows, tg_problem_t *p) {
+  int64_t upto, done;
+  int result = mark_get(st, &upto, &done, p);
+  if (result || upto < 0)
+    return result;
+  fold_t f;
+  memset(&f, 0, sizeof(f));
+  if (!(result = fold_read(st, upto, &f, NULL, p))) {
+    if ((uint64_t)done > f.n)
+      result = tg_problem_set(p, TG_ESTORE, "usage",
+                              "meta %s says %lld rows were folded of %zu: the journal changed",
+                              FOLD_MARK, (long long)done, f.n);
+    else if (!(result = fold_write(st, &f, (size_t)done, f.n, 0, NULL, p)) &&
+             !(result = journal_delete(st, upto, p)))
+      result = mark_set(st, -1, 0, p);
+  }
+  *entries += f.entries;
+  *rows += (int64_t)f.n - done;
+  fold_free(&f);
+  return result;
+}
+
 static int s_usage_fold(tg_store_t *s, size_t every, void (*pause)(void),
                         tg_usage_fold_stats_t *out, tg_problem_t *p) {
   sql_store_t *st = (sql_store_t *)s;
@@ -1497,7 +1629,7 @@ static int s_usage_fold(tg_store_t *s, size_t every, void (*pause)(void),
   bool more = true;
   while (more) {
     int64_t pending = 0;
-    if ((result = count_journal(st, &pending, p)))
+    if ((result = count_journal(st, INT64_MAX, &pending, p)))
       return result;
     if (pending == 0)
       return TG_OK;
@@ -1510,35 +1642,108 @@ static int s_usage_fold(tg_store_t *s, size_t every, void (*pause)(void),
       return result;
     fold_t f;
     memset(&f, 0, sizeof(f));
-    int64_t last_id, entries;
-    size_t n = 0;
-    if (!(result = fold_read(st, &f, &last_id, &entries, &more, p)) && entries > 0 &&
-        !(result = fold_merge(&f, &n, p))) {
-      tg_usage_row_t *rows = malloc((n ? n : 1) * sizeof(*rows));
-      if (!rows) {
-        result = tg_problem_set(p, TG_ENOMEM, "", NULL);
-      } else {
-        for (size_t i = 0; i < n; i++)
-          rows[i] = f.v[i].r;
-        if (!(result = usage_write(st, rows, n, every, pause, p)))
-          result = journal_delete(st, last_id, p);
-        free(rows);
-      }
-    }
+    int64_t entries = 0, rows = 0;
+    if (!(result = fold_finish_marked(st, &entries, &rows, p)) &&
+        !(result = fold_read(st, -1, &f, NULL, p)) && f.entries > 0 &&
+        !(result = fold_write(st, &f, 0, f.n, every, pause, p)))
+      result = journal_delete(st, f.last_id, p);
     if (!result)
       result = exec_cached(st, nested ? "RELEASE usage_fold" : "COMMIT", p);
     if (result)
       sqlite3_exec(st->db, nested ? "ROLLBACK TO usage_fold; RELEASE usage_fold" : "ROLLBACK", NULL,
                    NULL, NULL);
+    more = f.more;
+    if (!result && out) {
+      out->entries += entries + f.entries;
+      out->rows += rows + (int64_t)f.n;
+    }
     fold_free(&f);
     if (result)
       return result;
-    if (out) {
-      out->entries += entries;
-      out->rows += (int64_t)n;
-    }
   }
   return result;
+}
+
+/* ---- the stepped fold (the gateway's) ------------------------------------------ */
+
+struct tg_usage_fold {
+  sql_store_t *st;
+  fold_t f;
+  size_t done; /* rows written */
+  size_t every;
+  void (*pause)(void);
+};
+
+static int s_usage_fold_start(tg_store_t *s, size_t every, void (*pause)(void),
+                              tg_usage_fold_t **out, tg_problem_t *p) {
+  sql_store_t *st = (sql_store_t *)s;
+  *out = NULL;
+  if (st->in_tx)
+    return tg_problem_set(p, TG_ESTORE, "usage", "a stepped fold cannot run inside a transaction");
+  int64_t upto, done, pending;
+  int result;
+  /* a stepped fold left half-way (a crash): finished at once */
+  if ((result = mark_get(st, &upto, &done, p)) ||
+      (upto >= 0 && (result = s_usage_fold(s, 0, NULL, NULL, p))) ||
+      (result = count_journal(st, INT64_MAX, &pending, p)) || pending == 0)
+    return result;
+  tg_usage_fold_t *fr = calloc(1, sizeof(*fr));
+  if (!fr)
+    return tg_problem_set(p, TG_ENOMEM, "", NULL);
+  fr->st = st;
+  fr->every = every;
+  fr->pause = pause;
+  /* read without the write lock: one statement, one consistent view */
+  if ((result = fold_read(st, -1, &fr->f, pause, p)) || fr->f.entries == 0) {
+    fold_free(&fr->f);
+    free(fr);
+    return result;
+  }
+  *out = fr;
+  return TG_OK;
+}
+
+static int s_usage_fold_step(tg_usage_fold_t *fr, size_t max_rows, tg_usage_fold_stats_t *out,
+                             tg_problem_t *p) {
+  sql_store_t *st = fr->st;
+  fold_t *f = &fr->f;
+  int result;
+  if ((result = exec_cached(st, "BEGIN IMMEDIATE", p)))
+    return result;
+  int64_t upto, done, left;
+  size_t to = f->n - fr->done > max_rows ? fr->done + max_rows : f->n;
+  /* the entries are still all there, and no one else went on with them */
+  if (!(result = mark_get(st, &upto, &done, p)) &&
+      !(result = count_journal(st, f->last_id, &left, p))) {
+    bool ours = fr->done == 0 ? upto < 0 && left == f->entries
+                              : upto == f->last_id && done == (int64_t)fr->done;
+    if (!ours)
+      result = tg_problem_set(p, TG_ECONFLICT, "usage",
+                              "another connection folded these usage journal entries");
+  }
+  if (!result && !(result = fold_write(st, f, fr->done, to, fr->every, fr->pause, p))) {
+    if (to < f->n)
+      result = mark_set(st, f->last_id, (int64_t)to, p);
+    else if (!(result = journal_delete(st, f->last_id, p)))
+      result = mark_set(st, -1, 0, p);
+  }
+  if (!result)
+    result = exec_cached(st, "COMMIT", p);
+  if (result) {
+    sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    return result;
+  }
+  if (out) {
+    out->rows += (int64_t)(to - fr->done);
+    out->entries += to == f->n ? f->entries : 0;
+  }
+  fr->done = to;
+  return to < f->n ? 1 : 0;
+}
+
+static void s_usage_fold_end(tg_usage_fold_t *fr) {
+  fold_free(&fr->f);
+  free(fr);
 }
 
 /* ---- usage compaction and reports ------------------------------------------ */
@@ -2424,6 +2629,9 @@ static const tg_store_vtab_t sqlite_vtab = {
     .usage_add = s_usage_add,
     .usage_journal = s_usage_journal,
     .usage_fold = s_usage_fold,
+    .usage_fold_start = s_usage_fold_start,
+    .usage_fold_step = s_usage_fold_step,
+    .usage_fold_end = s_usage_fold_end,
     .usage_open = s_usage_open,
     .usage_next = s_usage_next,
     .usage_close = s_usage_close,

@@ -166,6 +166,9 @@ void gw_meter_stats(gw_meter_stats_t *out) {
   pthread_mutex_unlock(&m.lock);
 }
 
+static void give_way(void);
+static void pace_start(bool on);
+
 /* Take what workers handed over (or, once they have exited, what they
  * hold) into the pending table. */
 static void collect(bool workers_gone) {
@@ -177,6 +180,8 @@ static void collect(bool workers_gone) {
       if (!gw_meter_merge(m.pending, t))
         tg_log(TG_LOG_ERROR, "usage counters lost: out of memory", NULL);
       gw_meter_tab_clear(t);
+      if (!workers_gone)
+        give_way(); /* a table is up to a few hundred KB to read and clear */
       gw_meter_tab_t *none = NULL;
       if (!atomic_compare_exchange_strong(&ms->spare, &none, t))
         gw_meter_tab_free(t);
@@ -289,6 +294,7 @@ static bool flush(bool paced) {
   size_t n = m.pending->n;
   if (n == 0)
     return true;
+  pace_start(paced);
   tg_usage_row_t *rows = calloc(n, sizeof(*rows));
   row_ids_t *ids = calloc(n, sizeof(*ids));
   const gw_meter_cell_t **src = calloc(n, sizeof(*src));
@@ -326,12 +332,13 @@ static bool flush(bool paced) {
     u->latency_us_sum = c->latency_us;
     memcpy(u->h, c->h, sizeof(u->h));
     src[r] = c;
-    r++;
+    if (++r % 256 == 0)
+      give_way();
   }
   tg_problem_t p;
   tg_problem_clear(&p);
-  /* one journal entry: all or nothing */
-  pace_start(paced);
+  /* one journal entry: all or nothing; building the rows was a slice */
+  give_way();
   int rc = tg_store_usage_journal(m.store, rows, r, tg_now_ms() / 1000, &p);
   if (rc == TG_OK) {
     /* keys' last_used_day: written once per key and day, in a transaction
@@ -391,32 +398,85 @@ static bool flush(bool paced) {
   if (m.failing)
     tg_log(TG_LOG_INFO, "usage flush recovered", NULL);
   m.failing = false;
+  give_way(); /* the clear below writes the whole table */
   gw_meter_tab_clear(m.pending);
   return true;
 }
 
-/* Fold the usage journal into the ledger, paced while workers run.
- * true: folded (or nothing to). */
-static bool fold(bool paced) {
-  tg_problem_t p;
-  tg_problem_clear(&p);
-  tg_usage_fold_stats_t fs = {0, 0};
-  pace_start(paced);
-  int rc = tg_store_usage_fold(m.store, FLUSH_SLICE, give_way, &fs, &p);
+/* A fold's outcome, for /metrics and the log. */
+static void fold_done(int rc, const tg_usage_fold_stats_t *fs, const tg_problem_t *p) {
   pthread_mutex_lock(&m.lock);
   if (rc == TG_OK) {
     m.stats.folds++;
-    m.stats.rows_folded += (uint64_t)fs.rows;
+    m.stats.rows_folded += (uint64_t)fs->rows;
   } else {
     m.stats.fold_failures++;
   }
   pthread_mutex_unlock(&m.lock);
   if (rc != TG_OK && !m.fold_failing)
     tg_log(TG_LOG_WARN, "usage journal fold failed; retrying (reports fold it too)", "error",
-           p.detail, NULL);
+           p->detail, NULL);
   else if (rc == TG_OK && m.fold_failing)
     tg_log(TG_LOG_INFO, "usage journal fold recovered", NULL);
   m.fold_failing = rc != TG_OK;
+}
+
+/* The fold under way: started every metering_fold_interval, then one
+ * step of FOLD_STEP_ROWS ledger rows every FOLD_STEP_GAP_US, each step a
+ * write transaction of its own (tg_store_usage_fold_step). A step is
+ * ~0.2 ms of SQLite work: the worker on this core and the store's other
+ * writers wait for no more than that. */
+#define FOLD_STEP_ROWS   64
+#define FOLD_STEP_GAP_US 20000
+
+static struct {
+  tg_usage_fold_t *run; /* NULL: none under way */
+  tg_usage_fold_stats_t stats;
+  int64_t due_us;      /* the next fold starts then */
+  int64_t step_due_us; /* the next step, while one is under way */
+} fold;
+
+/* Start a fold or take its next step; returns when to come back. */
+static void fold_turn(int64_t every_us) {
+  tg_problem_t p;
+  tg_problem_clear(&p);
+  int rc;
+  if (!fold.run) {
+    fold.stats = (tg_usage_fold_stats_t){0, 0};
+    pace_start(true);
+    rc = tg_store_usage_fold_start(m.store, FLUSH_SLICE, give_way, &fold.run, &p);
+    if (rc == TG_OK && fold.run) {
+      fold.step_due_us = tg_mono_us();
+      return;
+    }
+  } else {
+    pace_start(true);
+    rc = tg_store_usage_fold_step(m.store, fold.run, FOLD_STEP_ROWS, &fold.stats, &p);
+    if (rc == 1) {
+      fold.step_due_us = tg_mono_us() + FOLD_STEP_GAP_US;
+      return;
+    }
+    tg_store_usage_fold_end(m.store, fold.run);
+    fold.run = NULL;
+    if (rc == TG_ECONFLICT)
+      rc = TG_OK; /* a reader folded the batch: done all the same */
+  }
+  fold_done(rc, &fold.stats, &p);
+  fold.due_us = tg_mono_us() + (rc == TG_OK ? every_us : FOLD_RETRY_US);
+}
+
+/* At stop: the rest of the journal in one go (no worker left to give way
+ * to). true: folded (or nothing to). */
+static bool fold_all(void) {
+  tg_problem_t p;
+  tg_problem_clear(&p);
+  tg_usage_fold_stats_t fs = {0, 0};
+  if (fold.run) {
+    tg_store_usage_fold_end(m.store, fold.run); /* its mark: finished below */
+    fold.run = NULL;
+  }
+  int rc = tg_store_usage_fold(m.store, 0, NULL, &fs, &p);
+  fold_done(rc, &fs, &p);
   return rc == TG_OK;
 }
 
@@ -437,26 +497,33 @@ static void *meter_main(void *arg) {
    * counters must not wait longer than one interval for the next. The
    * beat runs on CLOCK_MONOTONIC (m.cond waits on it, gw_meter_start):
    * on the wall clock, a step back would stop the flushes for as long. */
-  int64_t due_us = tg_mono_us(), fold_due_us = due_us + fold_every_us;
+  int64_t due_us = tg_mono_us() + interval * 1000;
+  fold.due_us = due_us - interval * 1000 + fold_every_us;
   pthread_mutex_lock(&m.lock);
   while (!m.stop) {
-    due_us += interval * 1000;
-    int64_t now_us = tg_mono_us();
-    if (due_us < now_us)
-      due_us = now_us; /* the last flush overran its interval: start at once */
-    struct timespec due = {due_us / 1000000, (long)(due_us % 1000000) * 1000};
-    pthread_cond_timedwait(&m.cond, &m.lock, &due);
+    int64_t wake_us = fold.run && fold.step_due_us < due_us ? fold.step_due_us : due_us;
+    struct timespec wake = {wake_us / 1000000, (long)(wake_us % 1000000) * 1000};
+    pthread_cond_timedwait(&m.cond, &m.lock, &wake);
     if (m.stop)
       break;
     pthread_mutex_unlock(&m.lock);
-    collect(false);
-    flush(true);
-    if (tg_mono_us() >= fold_due_us)
-      fold_due_us = tg_mono_us() + (fold(true) ? fold_every_us : FOLD_RETRY_US);
-    pthread_mutex_lock(&m.lock);
-    m.stats.pending = m.pending->n;
-    pthread_mutex_unlock(&m.lock);
-    ask_workers();
+    int64_t now_us = tg_mono_us();
+    if (now_us >= due_us) {
+      pace_start(true);
+      collect(false);
+      flush(true);
+      pthread_mutex_lock(&m.lock);
+      m.stats.pending = m.pending->n;
+      pthread_mutex_unlock(&m.lock);
+      ask_workers();
+      due_us += interval * 1000;
+      if (due_us < now_us)
+        due_us = now_us; /* the last flush overran its interval: start at once */
+      if (!fold.run && now_us >= fold.due_us)
+        fold_turn(fold_every_us);
+    } else if (fold.run && now_us >= fold.step_due_us) {
+      fold_turn(fold_every_us);
+    }
     pthread_mutex_lock(&m.lock);
   }
   pthread_mutex_unlock(&m.lock);
@@ -522,7 +589,7 @@ void gw_meter_stop(gw_server_t *srv) {
     if (!flushed)
       flushed = flush(false);
     if (flushed)
-      folded = fold(false);
+      folded = fold_all();
   }
   if (!folded)
     tg_log(TG_LOG_ERROR, "usage journal not folded at stop: the next reader of the ledger folds it",

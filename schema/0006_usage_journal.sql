@@ -7,11 +7,13 @@
 -- compaction) folds first, so the ledger reads as if each flush had been
 -- written to usage_rollups directly.
 --
--- id is the rowid: folding in id order applies flushes in the order they
--- were written (a row's subscription_id is the newest one).
+-- Folding in id order applies flushes in the order they were written (a
+-- row's subscription_id is the newest one). AUTOINCREMENT: an id is never
+-- used twice, so "the entries up to id L" names one set for good, which a
+-- fold in steps relies on (meta usage.fold, core/store.h).
 
 CREATE TABLE usage_journal (
-  id         INTEGER PRIMARY KEY,
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
   written_at INTEGER NOT NULL CHECK (written_at >= 0),
   nrows      INTEGER NOT NULL CHECK (nrows >= 1),
   body       BLOB NOT NULL CHECK (length(body) >= 5)

@@ -1058,6 +1058,151 @@ TG_TEST(usage_journal_read_only_store_reports_only_when_folded) {
   tg_store_usage_close(cur);
 }
 
+/* The ledger usage_add gives for the three batches (after seed and
+ * compaction), as dump_ledger text; the store is fresh again after. */
+static char *want_after_batches(void) {
+  tg_problem_t p = {0};
+  tg_usage_row_t b1[NB1], b2[NB2], b3[NB3];
+  journal_batches(b1, b2, b3);
+  tg_usage_retention_t keep = {0, 0};
+  fresh();
+  seed_two_days();
+  compact_all(DAY0 + 3 * 86400, keep);
+  if (tg_store_usage_add(S, b1, NB1, &p) || tg_store_usage_add(S, b2, NB2, &p) ||
+      tg_store_usage_add(S, b3, NB3, &p))
+    abort();
+  char *want = dump_ledger();
+  fresh();
+  seed_two_days();
+  compact_all(DAY0 + 3 * 86400, keep);
+  if (tg_store_usage_journal(S, b1, NB1, MIN0, &p) ||
+      tg_store_usage_journal(S, b2, NB2, MIN0, &p) || tg_store_usage_journal(S, b3, NB3, MIN0, &p))
+    abort();
+  return want;
+}
+
+static char *meta_mark(void) {
+  char *v = NULL;
+  tg_problem_t p = {0};
+  if (tg_store_meta_get(S, "usage.fold", &v, &p) != TG_OK)
+    return strdup("(none)");
+  return v;
+}
+
+/* Compare the ledger with `want` (freed). */
+static bool ledger_is(char *want) {
+  char *got = dump_ledger();
+  bool same = strcmp(got, want) == 0;
+  if (!same)
+    fprintf(stderr, "want:\n%s\ngot:\n%s\n", want, got);
+  free(got);
+  free(want);
+  return same;
+}
+
+TG_TEST(usage_fold_in_steps_gives_what_usage_add_gives) {
+  tg_problem_t p = {0};
+  char *want = want_after_batches();
+  char *before = dump_ledger();
+  tg_usage_fold_t *f = NULL;
+  pauses = 0;
+  EXPECT_RC(tg_store_usage_fold_start(S, 0, count_pause, &f, &p), TG_OK, "");
+  ASSERT(f != NULL);
+  ASSERT_INT_EQ(pauses, 3); /* one per entry read */
+  /* a flush during the fold: not part of it, left in the journal */
+  tg_usage_row_t late = urow("key_D", "sub_A", 2, "", 4);
+  EXPECT_RC(tg_store_usage_journal(S, &late, 1, MIN0, &p), TG_OK, "");
+  tg_usage_fold_stats_t st = {0, 0};
+  int steps = 0, rc;
+  char *mark = NULL;
+  while ((rc = tg_store_usage_fold_step(S, f, 2, &st, &p)) == 1) {
+    if (++steps == 1) {
+      mark = meta_mark();
+      ASSERT_INT_EQ(journal_entries(), 4); /* all of them until the last step */
+    }
+  }
+  tg_store_usage_fold_end(S, f);
+  ASSERT_INT_EQ(rc, 0);
+  ASSERT_INT_EQ(steps, 2); /* 6 rows, 2 a step: the third step is the last */
+  ASSERT_INT_EQ(st.rows, 6);
+  ASSERT_INT_EQ(st.entries, 3);
+  bool mark_ok = mark && strcmp(mark, "3 2") == 0; /* entries up to id 3, 2 rows written */
+  free(mark);
+  free(before);
+  ASSERT(mark_ok);
+  ASSERT_INT_EQ(journal_entries(), 1); /* the late flush */
+  mark = meta_mark();
+  mark_ok = strcmp(mark, "") == 0;
+  free(mark);
+  ASSERT(mark_ok);
+  /* the late flush folds as usual; then the ledger is what usage_add gives */
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, NULL, &p), TG_OK, "");
+  ASSERT(read_row(&late, &(stored_t){0}));
+  /* remove the late row again to compare with the batches alone */
+  sqlite3 *w = NULL;
+  ASSERT_INT_EQ(sqlite3_open(FX.path, &w), SQLITE_OK);
+  ASSERT_INT_EQ(
+      sqlite3_exec(w, "DELETE FROM usage_rollups WHERE key_id = 'key_D'", NULL, NULL, NULL),
+      SQLITE_OK);
+  sqlite3_close(w);
+  ASSERT(ledger_is(want));
+}
+
+TG_TEST(usage_fold_in_steps_yields_to_a_reader_that_folds_meanwhile) {
+  tg_problem_t p = {0};
+  char *want = want_after_batches();
+  /* a reader folds after the first step: it finishes the batch from the
+   * mark; the gateway's next step finds that out and writes nothing */
+  tg_usage_fold_t *f = NULL;
+  EXPECT_RC(tg_store_usage_fold_start(S, 0, NULL, &f, &p), TG_OK, "");
+  tg_usage_fold_stats_t st = {0, 0};
+  EXPECT_RC(tg_store_usage_fold_step(S, f, 2, &st, &p), 1, "");
+  totals_t t;
+  memset(&t, 0, sizeof(t));
+  EXPECT_RC(tg_store_usage_calls_since(S, MIN0, collect_total, &t, &p), TG_OK, "");
+  ASSERT_INT_EQ(journal_entries(), 0);
+  EXPECT_RC(tg_store_usage_fold_step(S, f, 2, &st, &p), TG_ECONFLICT, "usage");
+  tg_store_usage_fold_end(S, f);
+  ASSERT(ledger_is(want));
+
+  /* a reader folds before the first step: the same */
+  want = want_after_batches();
+  f = NULL;
+  EXPECT_RC(tg_store_usage_fold_start(S, 0, NULL, &f, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, NULL, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_fold_step(S, f, 2, &st, &p), TG_ECONFLICT, "usage");
+  tg_store_usage_fold_end(S, f);
+  ASSERT(ledger_is(want));
+}
+
+TG_TEST(usage_fold_in_steps_is_finished_after_a_crash_half_way) {
+  tg_problem_t p = {0};
+  char *want = want_after_batches();
+  tg_usage_fold_t *f = NULL;
+  EXPECT_RC(tg_store_usage_fold_start(S, 0, NULL, &f, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_fold_step(S, f, 4, NULL, &p), 1, "");
+  tg_store_usage_fold_end(S, f); /* the gateway dies here: the mark stays */
+  tg_store_close(S);
+  tg_store_options_t opt = {
+      .path = FX.path, .busy_timeout_ms = 2000, .mode = TG_STORE_OPEN_CURRENT};
+  S = NULL;
+  EXPECT_RC(tg_store_open(&opt, &S, NULL, NULL, &p), TG_OK, "");
+  /* the next gateway's fold finishes it first, then finds nothing left */
+  f = NULL;
+  EXPECT_RC(tg_store_usage_fold_start(S, 0, NULL, &f, &p), TG_OK, "");
+  ASSERT(f == NULL);
+  ASSERT_INT_EQ(journal_entries(), 0);
+  ASSERT(ledger_is(want));
+  /* a damaged mark stops every fold, named */
+  tg_usage_row_t row = urow("key_A", "sub_A", 2, "", 1);
+  EXPECT_RC(tg_store_usage_journal(S, &row, 1, MIN0, &p), TG_OK, "");
+  EXPECT_RC(tg_store_meta_set(S, "usage.fold", "7 x", &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, NULL, &p), TG_ESTORE, "usage");
+  ASSERT(strstr(p.detail, "usage.fold") != NULL);
+  EXPECT_RC(tg_store_meta_set(S, "usage.fold", "", &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, NULL, &p), TG_OK, "");
+}
+
 int main(int argc, char **argv) {
   int rc = tg_test_main(argc, argv);
   teardown();
