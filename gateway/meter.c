@@ -233,25 +233,27 @@ static void bound_pending(void) {
 }
 
 /* Each flush appends one usage journal entry: a single INSERT of the
- * flush's rows, encoded (~0.5M instructions for 1,000 rows). Adding the
- * same rows to the ledger one by one took ~26M (~26,000 a row), and that
- * SQLite work, not its CPU share nor its I/O, was what slowed the
- * requests that ran next to it: requests slower than 300 us crowded into
- * such a flush's ~30 ms 3-21 times as densely as into the rest of the
- * second (open loop, 28,000 req/s; also with the thread at SCHED_IDLE;
- * not when the flush skipped SQLite). bench/README.md, fifth and sixth
- * sessions.
+ * flush's rows, encoded (~0.7M instructions for 1,000 rows). Adding the
+ * same rows to the ledger one by one took ~26M (~26,000 a row) and held
+ * the store's write lock for the ~30 ms it took.
  *
- * The fold, once a metering_fold_interval, still does that work for the
- * rows the journal sums up (one ledger row per key and minute, not per
- * key and second), so it runs in slices of FLUSH_SLICE rows with pauses
- * between them: the metering thread usually shares its core with a busy
- * worker. After each slice the thread sleeps FLUSH_REST times as long as
- * the slice took, and only yields once the fold has lasted FLUSH_BUDGET
- * of the flush interval. The fold is one transaction holding the store's
- * write lock, so spreading it further trades the workers' latency for
- * every other writer's (admin API, portal): FLUSH_REST 30 put a
- * concurrent store write's p99 at 230-330 ms instead of 34-54 ms. */
+ * The metering thread shares its core with a worker (it always does with
+ * one worker a core), and the scheduler lets a thread that wakes after a
+ * second's sleep run for a millisecond or more before the worker gets
+ * the core back: requests slower than 300 us crowd into the first 1-3 ms
+ * of every flush, and into a fold (bench/README.md, sixth session). So
+ * the thread gives way (give_way) between slices of its work: between
+ * workers' tables, every 256 rows built, before the journal insert,
+ * before clearing its table, and every FLUSH_SLICE rows a fold writes.
+ * After each slice it sleeps FLUSH_REST times as long as the slice took,
+ * and only yields once the turn has lasted FLUSH_BUDGET of the interval.
+ *
+ * The fold, once a metering_fold_interval, still does the ledger's
+ * SQLite work for the rows the journal sums up (one ledger row per key
+ * and minute instead of per key and second), in steps of FOLD_STEP_ROWS
+ * rows, each a write transaction of its own: a fold never holds the
+ * write lock for long (one transaction for the whole of it put a
+ * concurrent store write's p99 at 230-330 ms when it was spread thin). */
 #define FLUSH_SLICE      8 /* rows written between two pauses */
 #define FLUSH_REST       3 /* sleep this many times the slice's own time */
 #define FLUSH_BUDGET     4 /* sleep only in the first 1/FLUSH_BUDGET of the interval */
@@ -423,10 +425,12 @@ static void fold_done(int rc, const tg_usage_fold_stats_t *fs, const tg_problem_
 
 /* The fold under way: started every metering_fold_interval, then one
  * step of FOLD_STEP_ROWS ledger rows every FOLD_STEP_GAP_US, each step a
- * write transaction of its own (tg_store_usage_fold_step). A step is
- * ~0.2 ms of SQLite work: the worker on this core and the store's other
- * writers wait for no more than that. */
-#define FOLD_STEP_ROWS   64
+ * write transaction of its own (tg_store_usage_fold_step), paced inside:
+ * the store's other writers wait for one step at most (~5 ms), and
+ * 2,000 rows (1,000 keys) take 8 steps, ~0.2 s. Each step re-prepares
+ * its statements (tg_store_usage_add's PRAGMA expires them, ~0.3M
+ * instructions): smaller steps paid more for that than for their rows. */
+#define FOLD_STEP_ROWS   256
 #define FOLD_STEP_GAP_US 20000
 
 static struct {

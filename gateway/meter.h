@@ -10,9 +10,10 @@
  * and appends those to the usage journal as one entry
  * (tg_store_usage_journal: one INSERT, ~40x less SQLite work than adding
  * each row to the ledger). Once per metering_fold_interval it folds the
- * journal into the ledger (tg_store_usage_fold), paced so that it never
- * holds a worker's core for long (meter.c says how); every reader of the
- * ledger folds first, so usage is as fresh for them as the last flush.
+ * journal into the ledger in short steps (tg_store_usage_fold_start and
+ * _step), paced so that it never holds a worker's core nor the store's
+ * write lock for long (meter.c says how); every reader of the ledger
+ * folds first, so usage is as fresh for them as the last flush.
  * If the store cannot be written (locked, gone), the rows stay pending
  * and the next turn tries again; pending rows are bounded
  * (metering_max_pending: the oldest minute is dropped, logged).
