@@ -42,7 +42,8 @@ typedef struct sql_store {
   tg_store_t base;
   sqlite3 *db;
   int in_tx;
-  bool readonly; /* TG_STORE_OPEN_READONLY: cannot fold the usage journal */
+  bool readonly;     /* TG_STORE_OPEN_READONLY: cannot fold the usage journal */
+  bool usage_writer; /* CHECKs off for good (tg_store_options_t) */
   cached_stmt_t cache[STMT_CACHE];
   int ncache;
   unsigned evict;
@@ -385,6 +386,12 @@ int tg_store_sqlite_open(const tg_store_options_t *opt, tg_store_t **out, int *f
                               opt->path, v, latest);
       goto out;
     }
+  }
+  /* after migrations: they run with their CHECKs */
+  if (opt->usage_writer && !st->readonly) {
+    if ((result = exec(st, "PRAGMA ignore_check_constraints = ON", p)))
+      goto out;
+    st->usage_writer = true;
   }
   result = TG_OK;
 out:
@@ -1252,7 +1259,7 @@ static int usage_write(sql_store_t *st, const tg_usage_row_t *rows, size_t n, si
     result = sql_error(st, "usage", p);
     goto out;
   }
-  if ((result = exec_cached(st, "PRAGMA ignore_check_constraints = ON", p)))
+  if (!st->usage_writer && (result = exec_cached(st, "PRAGMA ignore_check_constraints = ON", p)))
     goto out;
   for (size_t i = 0; i < n; i++) {
     if (usage_put(st, &u, &rows[i]) != SQLITE_DONE ||
@@ -1267,7 +1274,8 @@ static int usage_write(sql_store_t *st, const tg_usage_row_t *rows, size_t n, si
 out:
   stmt_release(st, u.update);
   stmt_release(st, u.upsert);
-  exec_cached(st, "PRAGMA ignore_check_constraints = OFF", &(tg_problem_t){0});
+  if (!st->usage_writer)
+    exec_cached(st, "PRAGMA ignore_check_constraints = OFF", &(tg_problem_t){0});
   return result;
 }
 

@@ -1203,6 +1203,33 @@ TG_TEST(usage_fold_in_steps_is_finished_after_a_crash_half_way) {
   EXPECT_RC(tg_store_usage_fold(S, 0, NULL, NULL, &p), TG_OK, "");
 }
 
+TG_TEST(usage_writer_connection_keeps_the_checks_off) {
+  fresh();
+  tg_problem_t p = {0};
+  static char big[5000];
+  memset(big, 'x', sizeof(big) - 1);
+  /* an ordinary connection: the schema refuses a meta value over 4096 */
+  tg_problem_clear(&p);
+  ASSERT_INT_NE(tg_store_meta_set(S, "bench.big", big, &p), TG_OK);
+  tg_store_options_t opt = {.path = FX.path,
+                            .busy_timeout_ms = 2000,
+                            .mode = TG_STORE_OPEN_CURRENT,
+                            .usage_writer = true};
+  EXPECT_RC(tg_store_open(&opt, &S2, NULL, NULL, &p), TG_OK, "");
+  tg_usage_row_t rows[2] = {urow("key_A", "sub_A", 2, "", 3), urow("key_A", "sub_A", 2, "", 4)};
+  EXPECT_RC(tg_store_usage_add(S2, rows, 1, &p), TG_OK, "");
+  EXPECT_RC(tg_store_usage_add(S2, rows + 1, 1, &p), TG_OK, "");
+  stored_t got;
+  ASSERT(read_row(&rows[0], &got));
+  ASSERT_INT_EQ(got.ints[0], 7);
+  /* ...and on a usage writer the CHECKs stay off after a usage write:
+   * what store.h warns about */
+  EXPECT_RC(tg_store_meta_set(S2, "bench.big", big, &p), TG_OK, "");
+  /* the ordinary connection still checks */
+  tg_problem_clear(&p);
+  ASSERT_INT_NE(tg_store_meta_set(S, "bench.big2", big, &p), TG_OK);
+}
+
 int main(int argc, char **argv) {
   int rc = tg_test_main(argc, argv);
   teardown();
