@@ -101,14 +101,20 @@ static bool read_row(const tg_usage_row_t *k, stored_t *out) {
   return found;
 }
 
-static int64_t ledger_rows(void) {
+/* Rows of a table (usage_rollups, usage_journal), read raw. */
+static int64_t rows_in(const char *table) {
   sqlite3_stmt *q = NULL;
+  char sql[64];
   int64_t n = -1;
-  if (sqlite3_prepare_v2(RAW, "SELECT count(*) FROM usage_rollups", -1, &q, NULL) == SQLITE_OK &&
-      sqlite3_step(q) == SQLITE_ROW)
+  snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
+  if (sqlite3_prepare_v2(RAW, sql, -1, &q, NULL) == SQLITE_OK && sqlite3_step(q) == SQLITE_ROW)
     n = sqlite3_column_int64(q, 0);
   sqlite3_finalize(q);
   return n;
+}
+
+static int64_t ledger_rows(void) {
+  return rows_in("usage_rollups");
 }
 
 static void assert_stored(const stored_t *got, const tg_usage_row_t *want) {
@@ -819,13 +825,7 @@ static char *dump_ledger(void) {
 }
 
 static int64_t journal_entries(void) {
-  sqlite3_stmt *q = NULL;
-  int64_t n = -1;
-  if (sqlite3_prepare_v2(RAW, "SELECT count(*) FROM usage_journal", -1, &q, NULL) == SQLITE_OK &&
-      sqlite3_step(q) == SQLITE_ROW)
-    n = sqlite3_column_int64(q, 0);
-  sqlite3_finalize(q);
-  return n;
+  return rows_in("usage_journal");
 }
 
 /* Three flushes as the gateway would write them: rows that add onto each
