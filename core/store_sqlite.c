@@ -1336,11 +1336,10 @@ static int s_usage_journal(tg_store_t *s, const tg_usage_row_t *rows, size_t n, 
  * whoever folds the same entries gets the same rows in the same order,
  * which is what lets another connection finish a stepped fold. */
 typedef struct fold {
-  tg_usage_row_t *v; /* summed rows, in first-seen order */
+  tg_usage_row_t *v; /* summed rows: first-seen order, then key order */
   size_t n, cap;
   size_t *slot; /* hash slots: index + 1 into v, 0: empty */
   size_t nslot;
-  size_t *order;          /* v's indices in primary key order (fold_sort) */
   unsigned char **bodies; /* copies the rows' strings point into */
   size_t nbodies, capbodies;
   bool overflow;
@@ -1441,43 +1440,24 @@ static void fold_free(fold_t *f) {
   free(f->bodies);
   free(f->v);
   free(f->slot);
-  free(f->order);
   memset(f, 0, sizeof(*f));
 }
 
-static const tg_usage_row_t *sort_rows; /* fold_sort's qsort context */
-static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static int order_cmp(const void *a, const void *b) {
-  return pk_cmp(&sort_rows[*(const size_t *)a], &sort_rows[*(const size_t *)b]);
+static int row_cmp(const void *a, const void *b) {
+  return pk_cmp(a, b);
 }
 
-/* f->order: the summed rows in primary key order (each key is there once). */
-static int fold_sort(fold_t *f, tg_problem_t *p) {
-  if (!(f->order = malloc((f->n ? f->n : 1) * sizeof(*f->order))))
-    return tg_problem_set(p, TG_ENOMEM, "", NULL);
-  for (size_t i = 0; i < f->n; i++)
-    f->order[i] = i;
-  pthread_mutex_lock(&sort_lock);
-  sort_rows = f->v;
-  qsort(f->order, f->n, sizeof(*f->order), order_cmp);
-  pthread_mutex_unlock(&sort_lock);
-  return TG_OK;
+/* Put the summed rows in primary key order (each key is there once; the
+ * hash slots are of no use after this). */
+static void fold_sort(fold_t *f) {
+  if (f->n > 1)
+    qsort(f->v, f->n, sizeof(*f->v), row_cmp);
 }
 
 /* Write rows [from, to) of a sorted fold. */
 static int fold_write(sql_store_t *st, const fold_t *f, size_t from, size_t to, size_t every,
                       void (*pause)(void), tg_problem_t *p) {
-  if (to <= from)
-    return TG_OK;
-  tg_usage_row_t *rows = malloc((to - from) * sizeof(*rows));
-  if (!rows)
-    return tg_problem_set(p, TG_ENOMEM, "", NULL);
-  for (size_t i = from; i < to; i++)
-    rows[i - from] = f->v[f->order[i]];
-  int result = usage_write(st, rows, to - from, every, pause, p);
-  free(rows);
-  return result;
+  return to > from ? usage_write(st, f->v + from, to - from, every, pause, p) : TG_OK;
 }
 
 /* Read and sum journal entries: those up to id `upto` (all of them), or
@@ -1545,8 +1525,8 @@ static int fold_read(sql_store_t *st, int64_t upto, fold_t *f, void (*pause)(voi
   if (!result && rc != SQLITE_ROW && rc != SQLITE_DONE)
     result = sql_error(st, "usage journal", p);
   stmt_release(st, stmt);
-  if (!result && f->entries > 0)
-    result = fold_sort(f, p);
+  if (!result)
+    fold_sort(f);
   return result;
 }
 
