@@ -446,16 +446,15 @@ static void fold_turn(int64_t every_us) {
   tg_problem_t p;
   tg_problem_clear(&p);
   int rc;
+  pace_start(true);
   if (!fold.run) {
     fold.stats = (tg_usage_fold_stats_t){0, 0};
-    pace_start(true);
     rc = tg_store_usage_fold_start(m.store, FLUSH_SLICE, give_way, &fold.run, &p);
     if (rc == TG_OK && fold.run) {
       fold.step_due_us = tg_mono_us();
       return;
     }
   } else {
-    pace_start(true);
     rc = tg_store_usage_fold_step(m.store, fold.run, FOLD_STEP_ROWS, &fold.stats, &p);
     if (rc == 1) {
       fold.step_due_us = tg_mono_us() + FOLD_STEP_GAP_US;

@@ -18,10 +18,14 @@
 
 static store_fixture_t FX;
 static tg_store_t *S;
-static tg_store_t *S2; /* a second connection, when a test needs one */
-static sqlite3 *RAW;   /* read-only view of the file */
+static tg_store_t *S2;      /* a second connection, when a test needs one */
+static sqlite3 *RAW;        /* read-only view of the file */
+static char *WANT, *BEFORE; /* ledger dumps (journal_the_batches) */
 
 static void teardown(void) {
+  free(WANT);
+  free(BEFORE);
+  WANT = BEFORE = NULL;
   sqlite3_close(RAW);
   RAW = NULL;
   tg_store_close(S2);
@@ -855,44 +859,58 @@ static void journal_batches(tg_usage_row_t b1[NB1], tg_usage_row_t b2[NB2],
   b3[1].period_start = DAY0 + 3600 * 7 + 180;
 }
 
-TG_TEST(usage_journal_folds_into_what_usage_add_gives) {
+/* WANT: the ledger usage_add gives for the three batches, BEFORE: the
+ * ledger without them (both after seed and compaction, as dump_ledger
+ * text); then a fresh store with the batches journaled, nothing folded. */
+static void journal_the_batches(void) {
   tg_problem_t p = {0};
   tg_usage_row_t b1[NB1], b2[NB2], b3[NB3];
   journal_batches(b1, b2, b3);
   tg_usage_retention_t keep = {0, 0};
-  /* added directly */
   fresh();
   seed_two_days();
   compact_all(DAY0 + 3 * 86400, keep);
-  EXPECT_RC(tg_store_usage_add(S, b1, NB1, &p), TG_OK, "");
-  EXPECT_RC(tg_store_usage_add(S, b2, NB2, &p), TG_OK, "");
-  EXPECT_RC(tg_store_usage_add(S, b3, NB3, &p), TG_OK, "");
+  if (tg_store_usage_add(S, b1, NB1, &p) || tg_store_usage_add(S, b2, NB2, &p) ||
+      tg_store_usage_add(S, b3, NB3, &p))
+    abort();
   char *want = dump_ledger();
-  /* journaled, then folded */
-  fresh();
+  fresh(); /* frees the last WANT and BEFORE */
   seed_two_days();
   compact_all(DAY0 + 3 * 86400, keep);
-  char *before = dump_ledger();
-  EXPECT_RC(tg_store_usage_journal(S, b1, NB1, MIN0, &p), TG_OK, "");
-  EXPECT_RC(tg_store_usage_journal(S, b2, NB2, MIN0 + 1, &p), TG_OK, "");
-  EXPECT_RC(tg_store_usage_journal(S, b3, NB3, MIN0 + 2, &p), TG_OK, "");
-  ASSERT_INT_EQ(journal_entries(), 3);
-  char *mid = dump_ledger();
-  int unchanged = strcmp(mid, before) == 0;
-  tg_usage_fold_stats_t st = {0, 0};
-  tg_problem_clear(&p);
-  int rc = tg_store_usage_fold(S, 0, NULL, &st, &p);
+  WANT = want;
+  BEFORE = dump_ledger();
+  if (tg_store_usage_journal(S, b1, NB1, MIN0, &p) ||
+      tg_store_usage_journal(S, b2, NB2, MIN0 + 1, &p) ||
+      tg_store_usage_journal(S, b3, NB3, MIN0 + 2, &p))
+    abort();
+}
+
+static char *meta_mark(void) {
+  char *v = NULL;
+  tg_problem_t p = {0};
+  if (tg_store_meta_get(S, "usage.fold", &v, &p) != TG_OK)
+    return strdup("(none)");
+  return v;
+}
+
+/* Whether the ledger is `want` (a dump_ledger text); says how not. */
+static bool ledger_is(const char *want) {
   char *got = dump_ledger();
-  int same = strcmp(got, want) == 0;
+  bool same = strcmp(got, want) == 0;
   if (!same)
     fprintf(stderr, "want:\n%s\ngot:\n%s\n", want, got);
-  free(want);
-  free(before);
-  free(mid);
   free(got);
-  ASSERT(unchanged); /* the journal alone does not touch the ledger */
-  ASSERT_INT_EQ(rc, TG_OK);
-  ASSERT(same);
+  return same;
+}
+
+TG_TEST(usage_journal_folds_into_what_usage_add_gives) {
+  tg_problem_t p = {0};
+  journal_the_batches();
+  ASSERT_INT_EQ(journal_entries(), 3);
+  ASSERT(ledger_is(BEFORE)); /* the journal alone does not touch the ledger */
+  tg_usage_fold_stats_t st = {0, 0};
+  EXPECT_RC(tg_store_usage_fold(S, 0, NULL, &st, &p), TG_OK, "");
+  ASSERT(ledger_is(WANT));
   ASSERT_INT_EQ(st.entries, 3);
   ASSERT_INT_EQ(st.rows, 6); /* A 2xx, A refused, B, B +1 min, C late, C late +1 min */
   ASSERT_INT_EQ(journal_entries(), 0);
@@ -1058,52 +1076,9 @@ TG_TEST(usage_journal_read_only_store_reports_only_when_folded) {
   tg_store_usage_close(cur);
 }
 
-/* The ledger usage_add gives for the three batches (after seed and
- * compaction), as dump_ledger text; the store is fresh again after. */
-static char *want_after_batches(void) {
-  tg_problem_t p = {0};
-  tg_usage_row_t b1[NB1], b2[NB2], b3[NB3];
-  journal_batches(b1, b2, b3);
-  tg_usage_retention_t keep = {0, 0};
-  fresh();
-  seed_two_days();
-  compact_all(DAY0 + 3 * 86400, keep);
-  if (tg_store_usage_add(S, b1, NB1, &p) || tg_store_usage_add(S, b2, NB2, &p) ||
-      tg_store_usage_add(S, b3, NB3, &p))
-    abort();
-  char *want = dump_ledger();
-  fresh();
-  seed_two_days();
-  compact_all(DAY0 + 3 * 86400, keep);
-  if (tg_store_usage_journal(S, b1, NB1, MIN0, &p) ||
-      tg_store_usage_journal(S, b2, NB2, MIN0, &p) || tg_store_usage_journal(S, b3, NB3, MIN0, &p))
-    abort();
-  return want;
-}
-
-static char *meta_mark(void) {
-  char *v = NULL;
-  tg_problem_t p = {0};
-  if (tg_store_meta_get(S, "usage.fold", &v, &p) != TG_OK)
-    return strdup("(none)");
-  return v;
-}
-
-/* Compare the ledger with `want` (freed). */
-static bool ledger_is(char *want) {
-  char *got = dump_ledger();
-  bool same = strcmp(got, want) == 0;
-  if (!same)
-    fprintf(stderr, "want:\n%s\ngot:\n%s\n", want, got);
-  free(got);
-  free(want);
-  return same;
-}
-
 TG_TEST(usage_fold_in_steps_gives_what_usage_add_gives) {
   tg_problem_t p = {0};
-  char *want = want_after_batches();
-  char *before = dump_ledger();
+  journal_the_batches();
   tg_usage_fold_t *f = NULL;
   pauses = 0;
   EXPECT_RC(tg_store_usage_fold_start(S, 0, count_pause, &f, &p), TG_OK, "");
@@ -1128,7 +1103,6 @@ TG_TEST(usage_fold_in_steps_gives_what_usage_add_gives) {
   ASSERT_INT_EQ(st.entries, 3);
   bool mark_ok = mark && strcmp(mark, "3 2") == 0; /* entries up to id 3, 2 rows written */
   free(mark);
-  free(before);
   ASSERT(mark_ok);
   ASSERT_INT_EQ(journal_entries(), 1); /* the late flush */
   mark = meta_mark();
@@ -1145,12 +1119,12 @@ TG_TEST(usage_fold_in_steps_gives_what_usage_add_gives) {
       sqlite3_exec(w, "DELETE FROM usage_rollups WHERE key_id = 'key_D'", NULL, NULL, NULL),
       SQLITE_OK);
   sqlite3_close(w);
-  ASSERT(ledger_is(want));
+  ASSERT(ledger_is(WANT));
 }
 
 TG_TEST(usage_fold_in_steps_yields_to_a_reader_that_folds_meanwhile) {
   tg_problem_t p = {0};
-  char *want = want_after_batches();
+  journal_the_batches();
   /* a reader folds after the first step: it finishes the batch from the
    * mark; the gateway's next step finds that out and writes nothing */
   tg_usage_fold_t *f = NULL;
@@ -1163,21 +1137,21 @@ TG_TEST(usage_fold_in_steps_yields_to_a_reader_that_folds_meanwhile) {
   ASSERT_INT_EQ(journal_entries(), 0);
   EXPECT_RC(tg_store_usage_fold_step(S, f, 2, &st, &p), TG_ECONFLICT, "usage");
   tg_store_usage_fold_end(S, f);
-  ASSERT(ledger_is(want));
+  ASSERT(ledger_is(WANT));
 
   /* a reader folds before the first step: the same */
-  want = want_after_batches();
+  journal_the_batches();
   f = NULL;
   EXPECT_RC(tg_store_usage_fold_start(S, 0, NULL, &f, &p), TG_OK, "");
   EXPECT_RC(tg_store_usage_fold(S, 0, NULL, NULL, &p), TG_OK, "");
   EXPECT_RC(tg_store_usage_fold_step(S, f, 2, &st, &p), TG_ECONFLICT, "usage");
   tg_store_usage_fold_end(S, f);
-  ASSERT(ledger_is(want));
+  ASSERT(ledger_is(WANT));
 }
 
 TG_TEST(usage_fold_in_steps_is_finished_after_a_crash_half_way) {
   tg_problem_t p = {0};
-  char *want = want_after_batches();
+  journal_the_batches();
   tg_usage_fold_t *f = NULL;
   EXPECT_RC(tg_store_usage_fold_start(S, 0, NULL, &f, &p), TG_OK, "");
   EXPECT_RC(tg_store_usage_fold_step(S, f, 4, NULL, &p), 1, "");
@@ -1192,7 +1166,7 @@ TG_TEST(usage_fold_in_steps_is_finished_after_a_crash_half_way) {
   EXPECT_RC(tg_store_usage_fold_start(S, 0, NULL, &f, &p), TG_OK, "");
   ASSERT(f == NULL);
   ASSERT_INT_EQ(journal_entries(), 0);
-  ASSERT(ledger_is(want));
+  ASSERT(ledger_is(WANT));
   /* a damaged mark stops every fold, named */
   tg_usage_row_t row = urow("key_A", "sub_A", 2, "", 1);
   EXPECT_RC(tg_store_usage_journal(S, &row, 1, MIN0, &p), TG_OK, "");
