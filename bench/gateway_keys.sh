@@ -63,6 +63,10 @@ HELPER=$PWD/bench/gateway_keys.py
 work=$(mktemp -d /tmp/keybench.XXXXXX)
 pids=()
 cleanup() {
+  # a server stopped by pause_idle (below) must run again to exit
+  for p in "${pids[@]}" $(for p in "${pids[@]}"; do pgrep -P "$p"; done); do
+    kill -CONT "$p" 2>/dev/null || true
+  done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -284,8 +288,32 @@ alive() { # every server still up? (a dead one would skew every number after it)
   done
   kill -0 "$NGXPID" && kill -0 "$UPPID" || { echo "nginx exited" >&2; tail -5 ngx.err up.err >&2; exit 1; }
 }
+# While one configuration runs, the other servers are stopped (SIGSTOP):
+# an idle tollgate still wakes for its metering beat, its journal fold
+# (every 60 s, ~0.7 s of paced work) and its config poll, and those must
+# neither land in another configuration's run nor be missing from its own
+# (a stopped gateway's overdue timers fire when it resumes, in its run).
+server_pids() { # name: every process of that server
+  case $1 in
+    nginx-gw) echo "$NGXPID" $(pgrep -P "$NGXPID") ;;
+    upstream) ;; # never stopped: every configuration needs it
+    *) echo "${GWPID[$1]}" ;;
+  esac
+}
+pause_idle() { # name: stop every server but that one (and the upstream)
+  local n
+  resume_idle
+  for n in nginx-gw "${!GWPID[@]}"; do
+    [ "$n" = "$1" ] || kill -STOP $(server_pids "$n") 2>/dev/null || true
+  done
+}
+resume_idle() {
+  local n
+  for n in nginx-gw "${!GWPID[@]}"; do kill -CONT $(server_pids "$n") 2>/dev/null || true; done
+}
 run() { # name
   alive
+  pause_idle "$1" # no pause after: its overdue timers fire in its run
   local name=$1 out rps p50 p99 bad lines c0 c1 cpu b0 b1 o0 o1 t0 t1 other try note sv0 sn0 sv1 sn1
   for try in $(seq "$TRIES"); do
     : > "$work/ngx_access.log"
@@ -346,12 +374,40 @@ run() { # name
   echo "$rps $p50 $p99 $cpu $([ -n "$note" ] && echo 1 || echo 0)" >> "$work/res-$name"
 }
 read -r -a CONFIGS <<<"${ONLY:-nginx-gw tg-10k tg-1m tg-10k-nomet upstream}"
+# The order of each round: a Williams design (a balanced Latin square), so
+# that over a full cycle of rounds every configuration runs right after
+# every other one equally often. A plain rotation of 3 puts tg-10k after
+# nginx-gw in two rounds of three and metering-off after tg-10k in two of
+# three: whatever a run leaves behind (dirty log pages, a warm or cold
+# cache, a fold; see pause_idle) then lands on one side of a ratio. The
+# cycle is N rounds for N configurations, 2N when N is odd (the square and
+# its mirror); a run of fewer rounds is balanced only in part.
+round_order() { # round (1-based) -> indexes into CONFIGS, space-separated
+  local n=${#CONFIGS[@]} cycle k row j first=() out=()
+  cycle=$((n % 2 ? 2 * n : n))
+  k=$((($1 - 1) % cycle))
+  row=$((k % n))
+  for ((j = 0; j < n; j++)); do # 0, 1, n-1, 2, n-2, ...
+    if ((j == 0)); then first+=(0)
+    elif ((j % 2)); then first+=($(((j + 1) / 2)))
+    else first+=($((n - j / 2)))
+    fi
+  done
+  for ((j = 0; j < n; j++)); do out+=($(((first[j] + row) % n))); done
+  if ((k >= n)); then
+    local rev=()
+    for ((j = n - 1; j >= 0; j--)); do rev+=("${out[j]}"); done
+    out=("${rev[@]}")
+  fi
+  echo "${out[*]}"
+}
 for r in $(seq "$ROUNDS"); do
   echo "-- round $r"
-  for i in $(seq 0 $((${#CONFIGS[@]} - 1))); do
-    run "${CONFIGS[$(((i + r - 1) % ${#CONFIGS[@]}))]}"
+  for i in $(round_order "$r"); do
+    run "${CONFIGS[$i]}"
   done
 done
+resume_idle
 for n in tg-10k tg-1m; do echo "$n RSS after the runs: $(rss "${GWPID[$n]}")"; done
 
 median() { # file column: over the quiet runs, or over all if none was quiet
