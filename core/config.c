@@ -415,6 +415,13 @@ const tg_cfg_key_t tg_config_keys[] = {
         .help = "gateway worker threads, each with its own epoll loop (0: one per core)",
     },
     {
+        .name = "gateway_io_uring",
+        .type = TG_CFG_BOOL,
+        .def = "true",
+        .help = "send each event batch's requests to the upstreams in one io_uring call (off, or "
+                "a kernel without io_uring: one send() each)",
+    },
+    {
         .name = "gateway_tls_listen",
         .type = TG_CFG_ADDR,
         .def = "0.0.0.0:8443",

@@ -151,6 +151,7 @@ typedef struct gw_stats {
   _Atomic uint64_t latency_sum_us;
   _Atomic uint64_t connections_open;
   _Atomic uint64_t connections_total;
+  _Atomic uint64_t ring_sends, ring_calls; /* upstream sends through io_uring, and its calls */
 } gw_stats_t;
 
 /* A worker's usage table and its hand-over to the metering thread (meter.h). */
@@ -199,7 +200,9 @@ typedef struct gw_server {
   atomic_bool ready; /* a snapshot is loaded */
   /* issue 5: keys, limits, metering */
   gw_policy_t *policy;
-  bool metering; /* config "metering" */
+  bool metering;     /* config "metering" */
+  bool io_uring;     /* config "gateway_io_uring" */
+  _Atomic int rings; /* workers that run a ring (gateway/ring.h), for /metrics */
   gw_meter_slot_t meter[GW_MAX_WORKERS];
   char key_header[128];
   bool strip_key;

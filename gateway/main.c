@@ -238,6 +238,7 @@ static int header_names(const tg_config_t *cfg) {
                                                       : GW_RLH_BOTH;
   srv.auth_failures = tg_config_int(cfg, "gateway_auth_failures");
   srv.metering = tg_config_bool(cfg, "metering");
+  srv.io_uring = tg_config_bool(cfg, "gateway_io_uring");
   return 0;
 }
 

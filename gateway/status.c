@@ -71,6 +71,15 @@ static size_t render_metrics(gw_server_t *srv, char *out, size_t cap) {
       "# TYPE tollgate_connections_total counter\ntollgate_connections_total %llu\n",
       (unsigned long long)ld(&st->connections_open),
       (unsigned long long)ld(&st->connections_total));
+  OUT("# HELP tollgate_io_uring_workers Workers that send upstream requests through io_uring "
+      "(gateway_io_uring).\n# TYPE tollgate_io_uring_workers gauge\ntollgate_io_uring_workers %d\n"
+      "# HELP tollgate_io_uring_sends_total Upstream sends made through io_uring.\n"
+      "# TYPE tollgate_io_uring_sends_total counter\ntollgate_io_uring_sends_total %llu\n"
+      "# HELP tollgate_io_uring_calls_total io_uring_enter calls that made them (sends per call: "
+      "the batching).\n# TYPE tollgate_io_uring_calls_total counter\n"
+      "tollgate_io_uring_calls_total %llu\n",
+      atomic_load(&srv->rings), (unsigned long long)ld(&st->ring_sends),
+      (unsigned long long)ld(&st->ring_calls));
   gw_snapshot_t *snap = atomic_load(&srv->current);
   OUT("# HELP tollgate_config_generation Configuration snapshot the workers use.\n"
       "# TYPE tollgate_config_generation gauge\ntollgate_config_generation %llu\n"

@@ -37,6 +37,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "gateway/gw.h"
+#include "gateway/ring.h"
 #include "gateway/tls.h"
 
 #define GW_IO_BUF   (16 * 1024)
@@ -116,6 +117,10 @@ struct gw_conn {
   uint64_t moved;     /* bytes moved by any I/O: progress detection */
   uint64_t resp_sent; /* response bytes written to the client */
   bool queued, dead;
+  /* the upstream send waits for the batch's (send_batch); its result,
+   * once the ring has it, for upstream_flush to take as send()'s */
+  bool send_queued, sent_ready;
+  int sent_res; /* bytes, or -errno */
   const gw_route_t *route;
   const gw_target_t *target;
   gw_upconn_t *up;
@@ -202,6 +207,13 @@ struct gw_worker {
   /* free GW_IO_BUF buffers (buf_init) */
   char *bufpool[GW_BUF_POOL];
   int nbufpool;
+  /* connections with a request to send to their upstream, sent together
+   * at the end of the batch through the ring (send_batch); ring.fd -1:
+   * each is sent at once */
+  gw_ring_t ring;
+  gw_conn_t **sendq;
+  int nsend, capsend;
+  bool sending; /* in send_batch: what else is to send goes at once */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -1797,8 +1809,16 @@ static bool upstream_flush(gw_conn_t *c) {
   while (buf_len(&c->utx) > 0) {
     if (!u->wr_ready)
       return false;
-    ssize_t n = gw_io_write(u->fd, u->ssl, c->utx.data + c->utx.start, buf_len(&c->utx),
-                            &u->rd_ready, &u->wr_ready);
+    ssize_t n;
+    if (c->sent_ready) { /* this send went out with the batch's (send_batch) */
+      c->sent_ready = false;
+      n = c->sent_res >= 0 ? c->sent_res : c->sent_res == -EAGAIN ? GW_IO_AGAIN : GW_IO_ERROR;
+      if (n == GW_IO_AGAIN)
+        u->wr_ready = false;
+    } else {
+      n = gw_io_write(u->fd, u->ssl, c->utx.data + c->utx.start, buf_len(&c->utx), &u->rd_ready,
+                      &u->wr_ready);
+    }
     if (n > 0) {
       c->utx.start += (size_t)n;
       c->moved += (uint64_t)n;
@@ -2196,6 +2216,99 @@ static void pump_again(gw_conn_t *c) {
   c->queued = true;
 }
 
+/* Keep c's upstream send for the end of the batch (send_batch), where
+ * the ring sends every connection's in one system call: the upstream, if
+ * it shares our core, then wakes once for the batch instead of taking
+ * the core from us at each send (gateway/ring.h). false: send it now. */
+static bool queue_send(gw_conn_t *c) {
+  gw_worker_t *w = c->w;
+  if (c->send_queued)
+    return true; /* more of it (a body) joins the same send */
+  if (w->ring.fd < 0 || w->sending || c->up->ssl || !c->up->wr_ready)
+    return false;
+  if (w->nsend == w->capsend) {
+    int cap = w->capsend ? w->capsend * 2 : GW_EVENTS;
+    gw_conn_t **q = realloc(w->sendq, sizeof(*q) * (size_t)cap);
+    if (!q)
+      return false;
+    w->sendq = q;
+    w->capsend = cap;
+  }
+  w->sendq[w->nsend++] = c;
+  c->send_queued = true;
+  return true;
+}
+
+static void defer_free(gw_worker_t *w, gw_conn_t *c);
+
+static void send_result(void *arg, uint64_t tag, int res) {
+  gw_worker_t *w = arg;
+  if (tag < (uint64_t)w->nsend) {
+    gw_conn_t *c = w->sendq[tag];
+    c->sent_res = res;
+    c->sent_ready = true;
+  }
+}
+
+/* Send what queue_send kept, then let each connection go on from its
+ * send's result (upstream_flush takes it as send()'s). */
+static void send_batch(gw_worker_t *w) {
+  int n = w->nsend;
+  uint64_t sends = 0, calls = 0;
+  for (int i = 0; i < n;) {
+    int first = i;
+    for (; i < n && gw_ring_room(&w->ring) > 0; i++) {
+      gw_conn_t *c = w->sendq[i];
+      if (c->closing || !c->up || c->up->ssl || !c->up->wr_ready || buf_len(&c->utx) == 0 ||
+          (c->state != S_UPSTREAM && c->state != S_BODY))
+        continue; /* its pump below finds its way */
+      gw_ring_send(&w->ring, c->up->fd, c->utx.data + c->utx.start, buf_len(&c->utx), (uint64_t)i);
+      sends++;
+    }
+    int rc = gw_ring_submit(&w->ring, send_result, w);
+    calls++;
+    if (rc < 0) {
+      /* the ring broke (it should not): whether the unreported sends
+       * went out is unknown, so they fail like a broken connection
+       * (up_wrote: no retry of a request that may have reached the
+       * upstream), and this worker sends without it from now on */
+      char e[16];
+      snprintf(e, sizeof(e), "%d", -rc);
+      tg_log(TG_LOG_ERROR, "io_uring failed: sending without it", "errno", e, NULL);
+      for (int j = first; j < i; j++) {
+        gw_conn_t *c = w->sendq[j];
+        if (!c->sent_ready && !c->closing && c->up && buf_len(&c->utx) > 0) {
+          c->sent_res = -EIO;
+          c->sent_ready = true;
+          c->up_wrote = true;
+        }
+      }
+      gw_ring_free(&w->ring);
+      atomic_fetch_sub(&w->srv->rings, 1);
+    }
+  }
+  w->sending = true;
+  for (int i = 0; i < n; i++) {
+    gw_conn_t *c = w->sendq[i];
+    c->send_queued = false;
+    if (!c->closing)
+      pump(c);
+    if (c->sent_ready) {
+      /* not taken (closed, or its state moved on): a result nobody
+       * accounted for leaves the upstream stream unknown */
+      c->sent_ready = false;
+      if (!c->closing)
+        conn_close(c);
+    }
+    if (c->closing)
+      defer_free(w, c);
+  }
+  w->sending = false;
+  w->nsend = 0;
+  bump(&w->stats.ring_sends, sends);
+  bump(&w->stats.ring_calls, calls);
+}
+
 /* Upstream exchange and response streaming: one pass. Returns true when
  * the caller should loop again (progress was made or the state changed). */
 static bool pump_upstream(gw_conn_t *c) {
@@ -2249,6 +2362,8 @@ static bool pump_upstream(gw_conn_t *c) {
       timer_set(c, c->w->srv->body_timeout_ms, 408);
   }
   if (buf_len(&c->utx) > 0) {
+    if (!c->sent_ready && queue_send(c))
+      return false; /* goes out with the batch's others (send_batch) */
     upstream_flush(c);
     if (c->state != state || c->closing)
       return !c->closing;
@@ -2489,6 +2604,17 @@ static void *worker_main(void *arg) {
   w->now = w->now_us / 1000;
   gw_server_t *srv = w->srv;
   w->wall_ms = gw_wall_ms(srv);
+  /* the ring: created here, since only this thread may submit to it */
+  w->ring.fd = -1;
+  int rrc = srv->io_uring ? gw_ring_init(&w->ring, GW_EVENTS) : -1;
+  if (rrc == 0) {
+    atomic_fetch_add(&srv->rings, 1);
+  } else if (srv->io_uring && w->index == 0) {
+    char e[16];
+    snprintf(e, sizeof(e), "%d", -rrc);
+    tg_log(TG_LOG_WARN, "io_uring not available: one send() per upstream request", "errno", e,
+           NULL);
+  }
   struct epoll_event evs[GW_EVENTS];
   int64_t last_sweep = now_ms();
   for (;;) {
@@ -2600,6 +2726,9 @@ static void *worker_main(void *arg) {
       if (c->closing)
         defer_free(w, c);
     }
+    /* the batch's upstream sends, in one go */
+    if (w->nsend > 0)
+      send_batch(w);
     /* keep what was queued during this pass */
     int kept = 0;
     for (int i = 0; i < w->nagain; i++)
@@ -2638,6 +2767,11 @@ static void *worker_main(void *arg) {
   log_flush(w);
   while (w->nbufpool > 0)
     free(w->bufpool[--w->nbufpool]);
+  if (w->ring.fd >= 0) {
+    gw_ring_free(&w->ring);
+    atomic_fetch_sub(&srv->rings, 1);
+  }
+  free(w->sendq);
   /* what this worker counted now belongs to gw_meter_stop */
   atomic_store(&srv->meter[w->index].exited, true);
   return NULL;
@@ -2745,6 +2879,8 @@ void gw_stats_sum(gw_server_t *srv, gw_stats_t *out) {
     SUM(bytes_in);
     SUM(bytes_out);
     SUM(latency_sum_us);
+    SUM(ring_sends);
+    SUM(ring_calls);
   }
 #undef SUM
   atomic_store(&out->connections_open, atomic_load(&srv->stats.connections_open));

@@ -110,6 +110,7 @@ static void setup(void) {
   fsrv.trust_forwarded = false;
   fw.srv = &fsrv;
   fw.rng = 0x9e3779b97f4a7c15ULL;
+  fw.ring.fd = -1; /* no io_uring: nothing is sent */
   snprintf(ftargets[0].id, sizeof(ftargets[0].id), "tgt_00000000000000000000000001");
   snprintf(ftargets[0].host_header, sizeof(ftargets[0].host_header), "127.0.0.1:9000");
   snprintf(ftargets[0].base_path, sizeof(ftargets[0].base_path), "/base");

@@ -852,7 +852,7 @@ def until(fn, within, step=0.02):
 # Group "proxy": proxying, bodies, keep-alive, routing, config, status, access log
 # =================================================================================
 
-def setup_proxy(w):
+def setup_proxy(w, *extra):
     w.boot_admin()
     u1, u2, u3 = w.upstream("u1"), w.upstream("u2"), w.upstream("u3")
     raw = w.origin({
@@ -873,7 +873,7 @@ def setup_proxy(w):
     w.add_api("big", "/big", [(u2.url, 100)], max_body_bytes=BIG + MIB)
     w.add_api("raw", "/raw", [(raw.url, 100)])
     w.add_api("moving", "/moving", [(u1.url + "/mv", 100)])
-    w.start_gateway("--gateway-workers", "2")
+    w.start_gateway("--gateway-workers", "2", *extra)
 
 
 # ---- 1. proxying ----
@@ -1695,6 +1695,59 @@ def test_access_log_rejected_request(w):
           "method)" % lines[0].get("method"), lines[0])
 
 
+# ---- 12. upstream sends through io_uring ----
+
+def ring_counts(w):
+    m = w.metrics()
+    return (m.get("tollgate_io_uring_workers"), m.get("tollgate_io_uring_sends_total", 0),
+            m.get("tollgate_io_uring_calls_total", 0))
+
+
+def test_io_uring_sends(w):
+    """Each worker sends its event batch's upstream requests through its own
+    io_uring (gateway/ring.h), on by default: the gauge counts the workers
+    that run one, each request forwarded is one send in it, and a call
+    carries one send or more (never none)."""
+    workers, s0, c0 = ring_counts(w)
+    eq(workers, 2, "workers running a ring (gateway_io_uring is on by default)")
+    n = 12
+    for i in range(n):
+        j = echo(call(w.port, "GET", "/shop/echo?ring=%d" % i), "request %d" % i)
+        eq(j["target"], "/base/v2/echo?ring=%d" % i, "request %d reached the upstream" % i)
+    _, s1, c1 = ring_counts(w)
+    eq(s1 - s0, n, "one ring send per forwarded request")
+    check(0 < c1 - c0 <= s1 - s0, "calls (%d) between 1 and the sends (%d)" % (c1 - c0, s1 - s0))
+    # many connections at once: each gets its own answer, whatever batches
+    # their sends shared
+    conns = [Conn(w.port) for _ in range(32)]
+    try:
+        for i, c in enumerate(conns):
+            c.send(build("GET", "/shop/echo?many=%d" % i, [("X-Request-Id", "many-%d" % i)]))
+        for i, c in enumerate(conns):
+            r = c.read_response()
+            j = echo(r, "concurrent request %d" % i)
+            eq(j["target"], "/base/v2/echo?many=%d" % i, "concurrent request %d's answer" % i, r)
+            eq(r.header("X-Request-Id"), "many-%d" % i, "concurrent request %d's id" % i, r)
+    finally:
+        for c in conns:
+            c.close()
+    _, s2, c2 = ring_counts(w)
+    eq(s2 - s1, 32, "one ring send per concurrent request")
+    check(0 < c2 - c1 <= 32, "calls for 32 concurrent sends: %d" % (c2 - c1))
+
+
+def test_io_uring_off(w):
+    """gateway_io_uring = false: no worker runs a ring, nothing is sent
+    through one, and requests still reach the upstream (send() each)."""
+    workers, s0, c0 = ring_counts(w)
+    eq(workers, 0, "workers running a ring with gateway_io_uring = false")
+    for i in range(5):
+        j = echo(call(w.port, "GET", "/shop/echo?plain=%d" % i), "request %d" % i)
+        eq(j["target"], "/base/v2/echo?plain=%d" % i, "request %d reached the upstream" % i)
+    _, s1, c1 = ring_counts(w)
+    eq((s0, c0, s1, c1), (0, 0, 0, 0), "ring sends and calls, before and after")
+
+
 PROXY_TESTS = [
     test_proxy_methods_rewrite, test_proxy_forwarded_headers, test_proxy_via_appended,
     test_proxy_request_id, test_proxy_traceparent, test_proxy_hop_by_hop_request,
@@ -1713,7 +1766,22 @@ PROXY_TESTS = [
     test_config_reload_keeps_keepalive, test_config_reload_inflight_request,
     test_access_log, test_access_log_rejected_request,
     test_status_health, test_threads_named_and_background_ones_batch, test_status_metrics,
+    test_io_uring_sends,
 ]
+
+# The same world with one send() per request (gateway_io_uring = false):
+# the way every request took before the ring, and the one a kernel
+# without io_uring takes.
+PLAIN_SEND_TESTS = [
+    test_io_uring_off, test_proxy_methods_rewrite, test_body_content_length,
+    test_body_chunked_small_pieces, test_body_stream_chunked, test_body_large_chunked,
+    test_pipelining_three, test_pipelining_with_bodies, test_expect_100_continue,
+    test_keepalive_upstream_pool,
+]
+
+
+def setup_plain_send(w):
+    setup_proxy(w, "--gateway-io-uring=false")
 
 
 # =================================================================================
@@ -2570,6 +2638,7 @@ STOP_TESTS = [test_graceful_inflight_completes, test_graceful_inflight_announces
 
 GROUPS = [
     ("proxy", setup_proxy, PROXY_TESTS, None),
+    ("plain-send", setup_plain_send, PLAIN_SEND_TESTS, None),
     ("strict", setup_strict, STRICT_TESTS, None),
     ("upstream", setup_upstream, UPSTREAM_TESTS, None),
     ("health", setup_health, HEALTH_TESTS, None),
