@@ -2255,17 +2255,21 @@ static void send_result(void *arg, uint64_t tag, int res) {
 static void send_batch(gw_worker_t *w) {
   int n = w->nsend;
   uint64_t sends = 0, calls = 0;
-  for (int i = 0; i < n;) {
+  for (int i = 0; i < n && w->ring.fd >= 0;) {
     int first = i;
+    unsigned queued = 0;
     for (; i < n && gw_ring_room(&w->ring) > 0; i++) {
       gw_conn_t *c = w->sendq[i];
       if (c->closing || !c->up || c->up->ssl || !c->up->wr_ready || buf_len(&c->utx) == 0 ||
           (c->state != S_UPSTREAM && c->state != S_BODY))
         continue; /* its pump below finds its way */
       gw_ring_send(&w->ring, c->up->fd, c->utx.data + c->utx.start, buf_len(&c->utx), (uint64_t)i);
-      sends++;
+      queued++;
     }
+    if (queued == 0)
+      continue;
     int rc = gw_ring_submit(&w->ring, send_result, w);
+    sends += queued;
     calls++;
     if (rc < 0) {
       /* the ring broke (it should not): whether the unreported sends
@@ -2283,7 +2287,7 @@ static void send_batch(gw_worker_t *w) {
           c->up_wrote = true;
         }
       }
-      gw_ring_free(&w->ring);
+      gw_ring_free(&w->ring); /* fd -1: the loop ends, the rest go at once */
       atomic_fetch_sub(&w->srv->rings, 1);
     }
   }

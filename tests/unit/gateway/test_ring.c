@@ -200,6 +200,27 @@ TG_TEST(sizes_and_failed_setup) {
   gw_ring_free(&r);
 }
 
+TG_TEST(a_broken_ring_says_so) {
+  /* the descriptor gone behind its back: submit reports the error (the
+   * worker then fails those sends and goes on without the ring) */
+  gw_ring_t r;
+  ring_up(&r, 4);
+  int s[2];
+  pair(s);
+  close(r.fd);
+  reset();
+  gw_ring_send(&r, s[0], "lost", 4, 0);
+  ASSERT_INT_EQ(gw_ring_submit(&r, record, NULL), -EBADF);
+  ASSERT_INT_EQ(got.n, 0);
+  r.fd = -1; /* already closed */
+  gw_ring_free(&r);
+  char buf[8];
+  ASSERT_INT_EQ(read(s[1], buf, sizeof(buf)), -1); /* nothing was sent */
+  ASSERT_INT_EQ(errno, EAGAIN);
+  close(s[0]);
+  close(s[1]);
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_DFL); /* a send without MSG_NOSIGNAL would kill the test */
   return tg_test_main(argc, argv);
