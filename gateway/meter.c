@@ -24,13 +24,18 @@ const char *gw_reason_name(gw_reason_t r) {
 
 /* ---- tables ------------------------------------------------------------------ */
 
+_Static_assert(sizeof(gw_meter_cell_t) == 128, "a meter cell is two cache lines");
+
 gw_meter_tab_t *gw_meter_tab_new(void) {
   gw_meter_tab_t *t = calloc(1, sizeof(*t));
   if (!t)
     return NULL;
   t->cap = 64;
-  if (!(t->cells = calloc(t->cap, sizeof(*t->cells)))) {
-    free(t);
+  t->ncells = 32;
+  t->slots = calloc(t->cap, sizeof(*t->slots));
+  t->cells = malloc(t->ncells * sizeof(*t->cells));
+  if (!t->slots || !t->cells) {
+    gw_meter_tab_free(t);
     return NULL;
   }
   return t;
@@ -38,6 +43,7 @@ gw_meter_tab_t *gw_meter_tab_new(void) {
 
 void gw_meter_tab_free(gw_meter_tab_t *t) {
   if (t) {
+    free(t->slots);
     free(t->cells);
     free(t);
   }
@@ -45,7 +51,7 @@ void gw_meter_tab_free(gw_meter_tab_t *t) {
 
 void gw_meter_tab_clear(gw_meter_tab_t *t) {
   if (t->n) {
-    memset(t->cells, 0, t->cap * sizeof(*t->cells));
+    memset(t->slots, 0, t->cap * sizeof(*t->slots));
     t->n = 0;
   }
 }
@@ -56,7 +62,7 @@ static uint64_t mix(uint64_t h, uint64_t v) {
 }
 
 static uint64_t key_hash(const gw_meter_key_t *k) {
-  uint64_t h = (uint64_t)k->minute;
+  uint64_t h = k->minute;
   h = mix(h, (uint64_t)(uintptr_t)k->key);
   h = mix(h, (uint64_t)(uintptr_t)k->sub);
   h = mix(h, (uint64_t)(uintptr_t)k->plan);
@@ -71,34 +77,57 @@ static bool key_eq(const gw_meter_key_t *a, const gw_meter_key_t *b) {
          a->api_no == b->api_no && a->status_class == b->status_class && a->reason == b->reason;
 }
 
-static gw_meter_cell_t *cell_for(gw_meter_tab_t *t, const gw_meter_key_t *k) {
+#define SLOT_TAG(h) ((h)&0xffffffff00000000ull)
+
+/* Make room for one more cell: the index at most half full, the cells'
+ * array with a free place. */
+static bool tab_room(gw_meter_tab_t *t) {
+  if (t->n == t->ncells) {
+    gw_meter_cell_t *cells = realloc(t->cells, 2 * t->ncells * sizeof(*cells));
+    if (!cells)
+      return false;
+    t->cells = cells;
+    t->ncells *= 2;
+  }
   if ((t->n + 1) * 2 > t->cap) {
     size_t cap = t->cap * 2;
-    gw_meter_cell_t *cells = calloc(cap, sizeof(*cells));
-    if (!cells)
-      return NULL;
-    for (size_t j = 0; j < t->cap; j++) {
-      if (!t->cells[j].used)
-        continue;
-      size_t i = key_hash(&t->cells[j].k) & (cap - 1);
-      while (cells[i].used)
+    uint64_t *slots = calloc(cap, sizeof(*slots));
+    if (!slots)
+      return false;
+    for (size_t j = 0; j < t->n; j++) {
+      uint64_t h = key_hash(&t->cells[j].k);
+      size_t i = h & (cap - 1);
+      while (slots[i])
         i = (i + 1) & (cap - 1);
-      cells[i] = t->cells[j];
+      slots[i] = SLOT_TAG(h) | (j + 1);
     }
-    free(t->cells);
-    t->cells = cells;
+    free(t->slots);
+    t->slots = slots;
     t->cap = cap;
   }
-  size_t i = key_hash(k) & (t->cap - 1);
-  while (t->cells[i].used) {
-    if (key_eq(&t->cells[i].k, k))
-      return &t->cells[i];
-    i = (i + 1) & (t->cap - 1);
+  return true;
+}
+
+static gw_meter_cell_t *cell_for(gw_meter_tab_t *t, const gw_meter_key_t *k) {
+  uint64_t h = key_hash(k);
+  size_t i = h & (t->cap - 1);
+  for (uint64_t s; (s = t->slots[i]) != 0; i = (i + 1) & (t->cap - 1)) {
+    gw_meter_cell_t *c = &t->cells[(s & 0xffffffffu) - 1];
+    if (SLOT_TAG(s) == SLOT_TAG(h) && key_eq(&c->k, k))
+      return c;
   }
-  t->cells[i].used = true;
-  t->cells[i].k = *k;
+  if ((t->n + 1) * 2 > t->cap || t->n == t->ncells) {
+    if (!tab_room(t))
+      return NULL;
+    for (i = h & (t->cap - 1); t->slots[i]; i = (i + 1) & (t->cap - 1))
+      ; /* the index was rebuilt: find the free slot anew */
+  }
+  gw_meter_cell_t *c = &t->cells[t->n];
+  memset(c, 0, sizeof(*c));
+  c->k = *k;
+  t->slots[i] = SLOT_TAG(h) | (t->n + 1);
   t->n++;
-  return &t->cells[i];
+  return c;
 }
 
 /* Bucket upper bounds in ms, as the ledger's h00..h13 (h14: above). */
@@ -127,21 +156,23 @@ bool gw_meter_add(gw_meter_tab_t *t, const gw_meter_key_t *k, int64_t bytes_in, 
   return true;
 }
 
+bool gw_meter_merge_cell(gw_meter_tab_t *dst, const gw_meter_cell_t *s) {
+  gw_meter_cell_t *d = cell_for(dst, &s->k);
+  if (!d)
+    return false;
+  d->calls += s->calls;
+  d->bytes_in += s->bytes_in;
+  d->bytes_out += s->bytes_out;
+  d->latency_us += s->latency_us;
+  for (int b = 0; b < TG_USAGE_BUCKETS; b++)
+    d->h[b] += s->h[b];
+  return true;
+}
+
 bool gw_meter_merge(gw_meter_tab_t *dst, const gw_meter_tab_t *src) {
-  for (size_t j = 0; j < src->cap; j++) {
-    const gw_meter_cell_t *s = &src->cells[j];
-    if (!s->used)
-      continue;
-    gw_meter_cell_t *d = cell_for(dst, &s->k);
-    if (!d)
+  for (size_t j = 0; j < src->n; j++)
+    if (!gw_meter_merge_cell(dst, &src->cells[j]))
       return false;
-    d->calls += s->calls;
-    d->bytes_in += s->bytes_in;
-    d->bytes_out += s->bytes_out;
-    d->latency_us += s->latency_us;
-    for (int b = 0; b < TG_USAGE_BUCKETS; b++)
-      d->h[b] += s->h[b];
-  }
   return true;
 }
 
@@ -181,7 +212,7 @@ static void collect(bool workers_gone) {
         tg_log(TG_LOG_ERROR, "usage counters lost: out of memory", NULL);
       gw_meter_tab_clear(t);
       if (!workers_gone)
-        give_way(); /* a table is up to a few hundred KB to read and clear */
+        give_way(); /* reading a table: ~140 KB for 1,000 keys */
       gw_meter_tab_t *none = NULL;
       if (!atomic_compare_exchange_strong(&ms->spare, &none, t))
         gw_meter_tab_free(t);
@@ -198,32 +229,29 @@ static void collect(bool workers_gone) {
 static void bound_pending(void) {
   int64_t max = tg_config_int(m.srv->cfg, "metering_max_pending");
   while ((int64_t)m.pending->n > max) {
-    int64_t oldest = INT64_MAX;
-    for (size_t i = 0; i < m.pending->cap; i++)
-      if (m.pending->cells[i].used && m.pending->cells[i].k.minute < oldest)
+    uint32_t oldest = UINT32_MAX;
+    for (size_t i = 0; i < m.pending->n; i++)
+      if (m.pending->cells[i].k.minute < oldest)
         oldest = m.pending->cells[i].k.minute;
     gw_meter_tab_t *keep = gw_meter_tab_new();
     if (!keep)
       return;
     uint64_t dropped = 0, calls = 0;
-    for (size_t i = 0; i < m.pending->cap; i++) {
+    for (size_t i = 0; i < m.pending->n; i++) {
       gw_meter_cell_t *c = &m.pending->cells[i];
-      if (!c->used)
-        continue;
       if (c->k.minute == oldest) {
         dropped++;
-        calls += (uint64_t)c->calls;
+        calls += c->calls;
         continue;
       }
-      gw_meter_tab_t one = {c, 1, 1};
-      gw_meter_merge(keep, &one);
+      gw_meter_merge_cell(keep, c);
     }
     gw_meter_tab_free(m.pending);
     m.pending = keep;
     char a[24], b[24], c[24];
     snprintf(a, sizeof(a), "%llu", (unsigned long long)dropped);
     snprintf(b, sizeof(b), "%llu", (unsigned long long)calls);
-    snprintf(c, sizeof(c), "%lld", (long long)oldest);
+    snprintf(c, sizeof(c), "%lld", (long long)oldest * 60);
     tg_log(TG_LOG_ERROR, "usage rows dropped: the store has been unavailable too long", "rows", a,
            "calls", b, "minute", c, NULL);
     pthread_mutex_lock(&m.lock);
@@ -307,10 +335,8 @@ static bool flush(bool paced) {
     return false;
   }
   size_t r = 0;
-  for (size_t i = 0; i < m.pending->cap; i++) {
+  for (size_t i = 0; i < m.pending->n; i++) {
     const gw_meter_cell_t *c = &m.pending->cells[i];
-    if (!c->used)
-      continue;
     tg_usage_row_t *u = &rows[r];
     const gw_key_t *k = c->k.key;
     const gw_app_t *app =
@@ -319,7 +345,7 @@ static bool flush(bool paced) {
         app ? atomic_load_explicit(&((gw_app_t *)app)->dev, memory_order_acquire) : NULL;
     gw_policy_api_id(m.srv->policy, c->k.api_no, ids[r].api);
     u->granularity = 60;
-    u->period_start = c->k.minute;
+    u->period_start = (int64_t)c->k.minute * 60;
     u->key_id = k ? k->id : "";
     u->app_id = app ? app->id : "";
     u->developer_id = dev ? dev->id : "";
@@ -332,7 +358,8 @@ static bool flush(bool paced) {
     u->bytes_in = c->bytes_in;
     u->bytes_out = c->bytes_out;
     u->latency_us_sum = c->latency_us;
-    memcpy(u->h, c->h, sizeof(u->h));
+    for (int b = 0; b < TG_USAGE_BUCKETS; b++)
+      u->h[b] = c->h[b];
     src[r] = c;
     if (++r % 256 == 0)
       give_way();
@@ -352,7 +379,7 @@ static bool flush(bool paced) {
     size_t touched = 0;
     for (size_t i = 0; i < r; i++) {
       gw_key_t *k = (gw_key_t *)src[i]->k.key;
-      int64_t day = src[i]->k.minute - src[i]->k.minute % 86400;
+      int64_t day = (int64_t)src[i]->k.minute * 60 / 86400 * 86400;
       if (!k || src[i]->k.status_class == 0 ||
           atomic_load_explicit(&k->last_used_day, memory_order_relaxed) >= day)
         continue;
@@ -366,7 +393,7 @@ static bool flush(bool paced) {
     }
     if (open && tg_store_commit(m.store, &q) == TG_OK) {
       for (size_t i = 0; i < touched; i++) {
-        int64_t day = src[i]->k.minute - src[i]->k.minute % 86400;
+        int64_t day = (int64_t)src[i]->k.minute * 60 / 86400 * 86400;
         atomic_store_explicit(&((gw_key_t *)src[i]->k.key)->last_used_day, day,
                               memory_order_relaxed);
       }

@@ -1225,8 +1225,8 @@ static void meter_request(gw_conn_t *c) {
   gw_meter_slot_t *ms = &srv->meter[c->w->index];
   if (!ms->cur) /* metering = off */
     return;
-  int64_t wall = c->w->wall_ms / 1000;
-  gw_meter_key_t k = {.minute = wall - wall % 60,
+  int64_t wall = c->w->wall_ms / 60000; /* minutes since the epoch */
+  gw_meter_key_t k = {.minute = wall > 0 ? (uint32_t)wall : 0,
                       .key = c->key,
                       .sub = c->sub,
                       .plan = c->plan,
