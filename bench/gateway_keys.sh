@@ -20,7 +20,8 @@
 # Every process gets WORKERS workers. wrk sends 1,000 of the keys, picked at
 # random per request (a Lua script, the same for all), each key with its own
 # developer, app and subscription, so every limiter is per subscription.
-# The configurations run in alternation (rotated each round), ROUNDS
+# The configurations run in alternation (a balanced order, round_order;
+# the servers not under test stopped meanwhile, pause_idle), ROUNDS
 # times; the table shows the medians of req/s, p50 and p99, the server's
 # CPU time per request (every thread of tollgate, nginx's workers) and the
 # ratios. Each run also measures the machine's "other load" (CPU used by
