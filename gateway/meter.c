@@ -116,12 +116,12 @@ static gw_meter_cell_t *cell_for(gw_meter_tab_t *t, const gw_meter_key_t *k) {
     if (SLOT_TAG(s) == SLOT_TAG(h) && key_eq(&c->k, k))
       return c;
   }
-  if ((t->n + 1) * 2 > t->cap || t->n == t->ncells) {
-    if (!tab_room(t))
-      return NULL;
+  size_t cap = t->cap;
+  if (!tab_room(t))
+    return NULL;
+  if (t->cap != cap) /* the index was rebuilt: find the free slot anew */
     for (i = h & (t->cap - 1); t->slots[i]; i = (i + 1) & (t->cap - 1))
-      ; /* the index was rebuilt: find the free slot anew */
-  }
+      ;
   gw_meter_cell_t *c = &t->cells[t->n];
   memset(c, 0, sizeof(*c));
   c->k = *k;
