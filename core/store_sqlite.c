@@ -1545,17 +1545,26 @@ static int count_journal(sql_store_t *st, int64_t upto, int64_t *n, tg_problem_t
   return result;
 }
 
-/* Delete the entries up to last_id (folded). */
-static int journal_delete(sql_store_t *st, int64_t last_id, tg_problem_t *p) {
+/* Run a statement with one or two integer parameters to completion (b
+ * is bound only where the statement has a second parameter). */
+static int exec_ints(sql_store_t *st, const char *sql, int64_t a, int64_t b, const char *what,
+                     tg_problem_t *p) {
   sqlite3_stmt *stmt = NULL;
   int result = TG_OK;
-  if (stmt_prepare(st, "DELETE FROM usage_journal WHERE id <= ?", &stmt) != SQLITE_OK)
-    return sql_error(st, "usage journal", p);
-  sqlite3_bind_int64(stmt, 1, last_id);
+  if (stmt_prepare(st, sql, &stmt) != SQLITE_OK)
+    return sql_error(st, what, p);
+  sqlite3_bind_int64(stmt, 1, a);
+  if (sqlite3_bind_parameter_count(stmt) >= 2)
+    sqlite3_bind_int64(stmt, 2, b);
   if (sqlite3_step(stmt) != SQLITE_DONE)
-    result = sql_error(st, "usage journal", p);
+    result = sql_error(st, what, p);
   stmt_release(st, stmt);
   return result;
+}
+
+/* Delete the entries up to last_id (folded). */
+static int journal_delete(sql_store_t *st, int64_t last_id, tg_problem_t *p) {
+  return exec_ints(st, "DELETE FROM usage_journal WHERE id <= ?", last_id, 0, "usage journal", p);
 }
 
 /* The stepped fold's mark: *upto -1 when none. */
@@ -1782,21 +1791,6 @@ static int usage_add_late(sql_store_t *st, const usage_stmts_t *u, const tg_usag
   if (wm_days < 0 || up.period_start >= wm_days)
     return SQLITE_DONE;
   return usage_put(st, u, &up);
-}
-
-/* Run a statement with two integer parameters to completion. */
-static int exec_ints(sql_store_t *st, const char *sql, int64_t a, int64_t b, const char *what,
-                     tg_problem_t *p) {
-  sqlite3_stmt *stmt = NULL;
-  int result = TG_OK;
-  if (stmt_prepare(st, sql, &stmt) != SQLITE_OK)
-    return sql_error(st, what, p);
-  sqlite3_bind_int64(stmt, 1, a);
-  sqlite3_bind_int64(stmt, 2, b);
-  if (sqlite3_step(stmt) != SQLITE_DONE)
-    result = sql_error(st, what, p);
-  stmt_release(st, stmt);
-  return result;
 }
 
 /* The first period held at granularity g, or `fallback` when there is none. */
